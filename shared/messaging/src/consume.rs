@@ -1,0 +1,226 @@
+//! [`run_consumer`]: a traced JetStream durable consumer.
+//!
+//! Each delivery is processed in a CONSUMER span `process <subject>` whose
+//! parent is the producer's context and which also links to it, so the
+//! consumer shows up inside the order's trace and can still be told apart
+//! from a synchronous child. A redelivery is a new span carrying its delivery
+//! count.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt as _;
+use opentelemetry::trace::TraceContextExt as _;
+use prost::Name;
+use tokio_util::sync::CancellationToken;
+use tracehop_telemetry::record_failure;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::headers::{self, MESSAGE_ID, PAYLOAD_TYPE};
+use crate::spans;
+use crate::topology::TopologyError;
+
+/// A durable consumer: which stream, which subjects, and how deliveries are
+/// retried.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    /// The durable name; also `messaging.consumer.group.name` on spans.
+    pub durable: &'static str,
+    pub filter_subjects: Vec<String>,
+    /// How long the server waits for an ack before it redelivers.
+    pub ack_wait: Duration,
+    /// Deliveries before the server gives up on a message for this consumer.
+    pub max_deliver: i64,
+}
+
+impl ConsumerSpec {
+    /// A spec with the defaults: 10 s ack wait, 5 deliveries.
+    pub fn new(stream: &'static str, durable: &'static str, filter_subjects: Vec<String>) -> Self {
+        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5 }
+    }
+
+    /// The server-side configuration. No `inactive_threshold`: the server
+    /// must never delete a durable whose service is down.
+    pub fn config(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.durable.to_string()),
+            description: Some(format!("tracehop {} consumer", self.durable)),
+            filter_subjects: self.filter_subjects.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            deliver_policy: consumer::DeliverPolicy::All,
+            max_ack_pending: 1000,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the durable consumer if it is missing, or brings its
+    /// configuration in line with this spec.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), TopologyError> {
+        let stream = js
+            .get_stream(self.stream)
+            .await
+            .map_err(|e| TopologyError(format!("stream {} is missing: {e}", self.stream)))?;
+        stream
+            .create_consumer(self.config())
+            .await
+            .map_err(|e| TopologyError(format!("failed to create consumer {}: {e}", self.durable)))?;
+        Ok(())
+    }
+
+    /// The nak delay after a failed delivery: grows with the delivery count.
+    pub fn retry_delay(&self, delivery_count: i64) -> Duration {
+        let exponent = delivery_count.clamp(1, 6) as u32 - 1;
+        Duration::from_millis(500 * 2u64.pow(exponent))
+    }
+}
+
+/// One decoded delivery, handed to the consumer's handler.
+#[derive(Clone, Debug)]
+pub struct Delivery<E> {
+    pub event: E,
+    pub subject: String,
+    /// `Nats-Msg-Id`: the event id, the key for doing nothing twice.
+    pub message_id: Option<String>,
+    /// 1 on first delivery.
+    pub delivery_count: i64,
+    pub stream_sequence: u64,
+}
+
+/// How the handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A passing failure (database down): the message is delivered again later.
+    #[error("{0}")]
+    Retry(String),
+    /// The message can never succeed: it is terminated, not retried.
+    #[error("{0}")]
+    Reject(String),
+}
+
+/// Processes the deliveries of `spec`'s durable consumer with `handler`, one
+/// at a time in stream order, until `shutdown` fires; the message in hand is
+/// finished first. Returns an error only when the consumer does not exist.
+pub async fn run_consumer<E, H, Fut>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), TopologyError>
+where
+    E: prost::Message + Name + Default,
+    H: Fn(Delivery<E>) -> Fut,
+    Fut: Future<Output = Result<(), ProcessError>>,
+{
+    spec.ensure(&js).await?;
+    while !shutdown.is_cancelled() {
+        let consumer: consumer::PullConsumer = match js.get_stream(spec.stream).await {
+            Ok(stream) => match stream.get_consumer(spec.durable).await {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    tracing::warn!(consumer = spec.durable, %error, "consumer not available, retrying");
+                    pause(&shutdown).await;
+                    continue;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(stream = spec.stream, %error, "stream not available, retrying");
+                pause(&shutdown).await;
+                continue;
+            }
+        };
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(consumer = spec.durable, %error, "failed to pull, retrying");
+                pause(&shutdown).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => process(&spec, message, &handler).await,
+                Some(Err(error)) => {
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    tracing::debug!(consumer = spec.durable, %error, "pull stream reported an error");
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+async fn process<E, H, Fut>(spec: &ConsumerSpec, message: jetstream::Message, handler: &H)
+where
+    E: prost::Message + Name + Default,
+    H: Fn(Delivery<E>) -> Fut,
+    Fut: Future<Output = Result<(), ProcessError>>,
+{
+    let (delivery_count, stream_sequence) =
+        message.info().map(|info| (info.delivered, info.stream_sequence)).unwrap_or((1, 0));
+    let subject = message.subject.to_string();
+    let message_id = headers::get(message.headers.as_ref(), MESSAGE_ID).map(str::to_string);
+    let span = tracing::info_span!(
+        "nats.consume",
+        otel.name = %format!("process {subject}"),
+        otel.kind = "consumer",
+        messaging.system = spans::SYSTEM,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = spec.durable,
+        messaging.message.id = message_id.as_deref().unwrap_or(""),
+        messaging.message.body.size = message.payload.len(),
+        messaging.nats.message.delivery_count = delivery_count,
+        messaging.nats.stream.sequence = stream_sequence,
+    );
+    let producer = headers::extract(message.headers.as_ref());
+    let producer_span = producer.span().span_context().clone();
+    let _ = span.set_parent(producer);
+    span.add_link(producer_span);
+
+    let expected_type = E::full_name();
+    let decoded = match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
+        Some(actual) if actual != expected_type => Err(format!("payload type {actual} is not {expected_type}")),
+        _ => E::decode(message.payload.as_ref()).map_err(|_| format!("payload is not a valid {expected_type}")),
+    };
+    let outcome = match decoded {
+        Ok(event) => {
+            let delivery = Delivery { event, subject, message_id, delivery_count, stream_sequence };
+            handler(delivery).instrument(span.clone()).await
+        }
+        Err(reason) => Err(ProcessError::Reject(reason)),
+    };
+    let ack = match &outcome {
+        Ok(()) => AckKind::Ack,
+        Err(ProcessError::Retry(reason)) => {
+            record_failure(&span, "retry", reason);
+            AckKind::Nak(Some(spec.retry_delay(delivery_count)))
+        }
+        Err(ProcessError::Reject(reason)) => {
+            record_failure(&span, "rejected", reason);
+            AckKind::Term
+        }
+    };
+    if let Err(error) = message.ack_with(ack).instrument(span.clone()).await {
+        // The server redelivers after ack_wait; the handler's idempotency
+        // makes that harmless.
+        tracing::warn!(parent: &span, consumer = spec.durable, %error, "failed to acknowledge a delivery");
+    }
+}

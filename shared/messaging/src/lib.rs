@@ -1,0 +1,46 @@
+//! All NATS traffic of tracehop goes through this crate: it makes the spans,
+//! and it alone reads and writes message headers, so that no service ever
+//! touches `traceparent` by hand.
+//!
+//! - [`headers`]: W3C context (`traceparent`, `tracestate`, `baggage`) in and
+//!   out of NATS headers, plus the message id and payload type headers.
+//! - [`request`]: [`request()`], a traced NATS request (CLIENT span) with a
+//!   timeout and a typed reply.
+//! - [`serve`]: [`serve::serve`], a traced responder (SERVER span per request)
+//!   that drains on shutdown.
+//! - [`publish`]: [`publish::publish_event`], a traced JetStream publish
+//!   (PRODUCER span) that waits for the stream's ack.
+//! - [`consume`]: [`consume::run_consumer`], a traced durable consumer
+//!   (CONSUMER span per delivery, parented by and linked to the producer).
+//! - [`topology`]: the streams and durable consumers the system expects.
+//! - [`spans`]: the attribute names used on messaging spans.
+
+pub mod consume;
+pub mod headers;
+pub mod publish;
+pub mod request;
+pub mod serve;
+pub mod spans;
+pub mod topology;
+
+pub use consume::{ConsumerSpec, Delivery, ProcessError, run_consumer};
+pub use publish::{PublishError, publish_event};
+pub use request::{RequestError, request};
+pub use serve::serve;
+
+pub use async_nats;
+
+use std::time::Duration;
+
+/// Connects to NATS with settings every service shares: a name that shows in
+/// the server's connection list, and endless reconnects (a NATS restart must
+/// not kill a service).
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(url)
+        .await
+}

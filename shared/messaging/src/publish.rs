@@ -1,0 +1,88 @@
+//! [`publish_event`]: a traced JetStream publish that waits for the ack.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use tracehop_telemetry::record_failure;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::headers::{self, MESSAGE_ID, PAYLOAD_TYPE};
+use crate::spans;
+
+/// Why an event was not stored by its stream. Either way, it must be
+/// published again (the message id makes that safe).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("failed to send event {event_id} on {subject}: {reason}")]
+    Send { subject: String, event_id: String, reason: String },
+    #[error("the stream did not acknowledge event {event_id} on {subject}: {reason}")]
+    Ack { subject: String, event_id: String, reason: String },
+}
+
+/// What the stream said about a stored event.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The event's sequence in the stream.
+    pub sequence: u64,
+    /// True when the stream already had this message id (a re-publish).
+    pub duplicate: bool,
+}
+
+/// Publishes an already-encoded event on `subject` with `Nats-Msg-Id` =
+/// `event_id`, in a PRODUCER span `publish <subject>` that is a child of
+/// `parent` (the context of the work that decided the event, possibly long
+/// gone), and waits for the stream's ack: only an ack means stored.
+pub async fn publish_event(
+    js: &jetstream::Context,
+    subject: &str,
+    event_id: &str,
+    payload_type: &str,
+    payload: Vec<u8>,
+    parent: opentelemetry::Context,
+) -> Result<Published, PublishError> {
+    let span = tracing::info_span!(
+        "nats.publish",
+        otel.name = %format!("publish {subject}"),
+        otel.kind = "producer",
+        messaging.system = spans::SYSTEM,
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %event_id,
+        messaging.message.body.size = payload.len(),
+        messaging.nats.message.payload_type = %payload_type,
+        messaging.nats.stream.sequence = tracing::field::Empty,
+        messaging.nats.duplicate = tracing::field::Empty,
+    );
+    let _ = span.set_parent(parent);
+    let result: Result<Published, PublishError> = async {
+        let mut message_headers = HeaderMap::new();
+        headers::inject(&tracing::Span::current().context(), &mut message_headers);
+        message_headers.insert(MESSAGE_ID, event_id);
+        message_headers.insert(PAYLOAD_TYPE, payload_type);
+        let pending: PublishAckFuture = js
+            .publish_with_headers(subject.to_string(), message_headers, payload.into())
+            .await
+            .map_err(|error| PublishError::Send {
+                subject: subject.to_string(),
+                event_id: event_id.to_string(),
+                reason: error.to_string(),
+            })?;
+        let ack = pending.await.map_err(|error| PublishError::Ack {
+            subject: subject.to_string(),
+            event_id: event_id.to_string(),
+            reason: error.to_string(),
+        })?;
+        Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+    .instrument(span.clone())
+    .await;
+    match &result {
+        Ok(published) => {
+            span.record("messaging.nats.stream.sequence", published.sequence);
+            span.record("messaging.nats.duplicate", published.duplicate);
+        }
+        Err(error) => record_failure(&span, "publish_failed", &error.to_string()),
+    }
+    result
+}

@@ -1,0 +1,121 @@
+//! [`request`]: a traced NATS request with a timeout and a typed reply.
+
+use std::time::Duration;
+
+use async_nats::client::RequestErrorKind;
+use async_nats::{Client, HeaderMap};
+use prost::{Message, Name};
+use tracehop_proto::v1::{Error as WireError, ErrorCode};
+use tracehop_proto::Reply;
+use tracehop_telemetry::record_failure;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::headers::{self, PAYLOAD_TYPE};
+use crate::spans;
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nobody listens on the subject: the service is down.
+    #[error("no service answers on {subject}")]
+    NoResponders { subject: String },
+    /// The service did not answer in time; the outcome is unknown.
+    #[error("{subject} did not answer within {timeout:?}")]
+    TimedOut { subject: String, timeout: Duration },
+    /// The connection to NATS failed.
+    #[error("request on {subject} failed: {reason}")]
+    Transport { subject: String, reason: String },
+    /// The answer is not the expected protobuf message.
+    #[error("the reply on {subject} is not a valid {expected}")]
+    BadReply { subject: String, expected: String },
+    /// The service answered with a typed error.
+    #[error("{}", .0.message)]
+    Remote(WireError),
+}
+
+impl RequestError {
+    /// The error code to pass on to this service's own caller.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::NoResponders { .. } | RequestError::TimedOut { .. } | RequestError::Transport { .. } => {
+                ErrorCode::Unavailable
+            }
+            RequestError::BadReply { .. } => ErrorCode::Internal,
+            RequestError::Remote(error) => error.kind(),
+        }
+    }
+
+    /// A short, stable name for `error.type` on spans.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            RequestError::NoResponders { .. } => "no_responders",
+            RequestError::TimedOut { .. } => "timeout",
+            RequestError::Transport { .. } => "transport",
+            RequestError::BadReply { .. } => "bad_reply",
+            RequestError::Remote(error) => error.kind().short_name(),
+        }
+    }
+
+    /// The error as it goes into this service's own reply.
+    pub fn to_wire(&self) -> WireError {
+        match self {
+            RequestError::Remote(error) => error.clone(),
+            other => WireError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Sends `request` on `subject` and waits up to `timeout` for the reply, in a
+/// CLIENT span `send <subject>` whose context travels in the headers. A reply
+/// that carries an error comes back as [`RequestError::Remote`], and the span
+/// is marked failed either way.
+pub async fn request<Req, Rep>(client: &Client, subject: &str, request: &Req, timeout: Duration) -> Result<Rep, RequestError>
+where
+    Req: Message + Name,
+    Rep: Reply,
+{
+    let payload = request.encode_to_vec();
+    let span = tracing::info_span!(
+        "nats.request",
+        otel.name = %format!("send {subject}"),
+        otel.kind = "client",
+        messaging.system = spans::SYSTEM,
+        messaging.operation.type = "send",
+        messaging.operation.name = "request",
+        messaging.destination.name = %subject,
+        messaging.message.body.size = payload.len(),
+        messaging.nats.message.payload_type = %Req::full_name(),
+    );
+    let outcome = async {
+        let mut message_headers = HeaderMap::new();
+        headers::inject(&tracing::Span::current().context(), &mut message_headers);
+        message_headers.insert(PAYLOAD_TYPE, Req::full_name().as_str());
+        let outgoing = async_nats::Request::new()
+            .payload(payload.into())
+            .headers(message_headers)
+            .timeout(Some(timeout));
+        let message = client.send_request(subject.to_string(), outgoing).await.map_err(|error| match error.kind() {
+            RequestErrorKind::NoResponders => RequestError::NoResponders { subject: subject.to_string() },
+            RequestErrorKind::TimedOut => RequestError::TimedOut { subject: subject.to_string(), timeout },
+            _ => RequestError::Transport { subject: subject.to_string(), reason: error.to_string() },
+        })?;
+        let reply = Rep::decode(message.payload.as_ref())
+            .map_err(|_| RequestError::BadReply { subject: subject.to_string(), expected: Rep::full_name() })?;
+        match reply.error() {
+            Some(error) => Err(RequestError::Remote(error.clone())),
+            None => Ok(reply),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &outcome {
+        record_failure(&span, error.error_type(), &error.to_string());
+    }
+    outcome
+}
+
+/// Makes a wire error from a code and a message; a shorthand for handlers.
+pub fn wire_error(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError::new(code, message)
+}

@@ -1,0 +1,119 @@
+//! [`serve`]: the responder side of request/reply, one SERVER span per request.
+
+use std::future::Future;
+
+use async_nats::{Client, Message};
+use futures::StreamExt as _;
+use prost::Name;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracehop_proto::Reply;
+use tracehop_proto::v1::{Error as WireError, ErrorCode};
+use tracehop_telemetry::record_failure;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::headers;
+use crate::spans;
+
+/// Largest request payload a responder accepts; a bigger one is answered with
+/// an error and never decoded.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Answers requests on `subject` (in `queue_group`, so that instances share the
+/// load) until `shutdown` fires, then drains: requests already received are
+/// answered before it returns.
+///
+/// Each request runs in its own task, in a SERVER span `process <subject>`
+/// that continues the caller's trace. A payload that does not decode as `Req`,
+/// or is too large, is answered with `INVALID_ARGUMENT` and a failure span;
+/// the handler never sees it.
+pub async fn serve<Req, Rep, H, Fut>(
+    client: Client,
+    subject: &str,
+    queue_group: &str,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError>
+where
+    Req: prost::Message + Name + Default + 'static,
+    Rep: Reply,
+    H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Rep, WireError>> + Send + 'static,
+{
+    let mut subscriber = client.queue_subscribe(subject.to_string(), queue_group.to_string()).await?;
+    let tasks = TaskTracker::new();
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if subscriber.drain().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else { break };
+        tasks.spawn(answer(client.clone(), message, handler.clone()));
+    }
+    tasks.close();
+    tasks.wait().await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn answer<Req, Rep, H, Fut>(client: Client, message: Message, handler: H)
+where
+    Req: prost::Message + Name + Default,
+    Rep: Reply,
+    H: Fn(Req) -> Fut,
+    Fut: Future<Output = Result<Rep, WireError>>,
+{
+    let Some(reply_to) = message.reply.clone() else {
+        // A publish without a reply subject is not a request: nobody waits.
+        tracing::warn!(subject = %message.subject, "ignored a message without a reply subject");
+        return;
+    };
+    let subject = message.subject.as_str();
+    let span = tracing::info_span!(
+        "nats.serve",
+        otel.name = %format!("process {subject}"),
+        otel.kind = "server",
+        messaging.system = spans::SYSTEM,
+        messaging.operation.type = "process",
+        messaging.operation.name = "reply",
+        messaging.destination.name = %subject,
+        messaging.message.body.size = message.payload.len(),
+        messaging.nats.message.payload_type = %Req::full_name(),
+    );
+    let _ = span.set_parent(headers::extract(message.headers.as_ref()));
+
+    let reply = async {
+        let request = if message.payload.len() > MAX_REQUEST_BYTES {
+            Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("request of {} bytes is over the limit of {MAX_REQUEST_BYTES}", message.payload.len()),
+            ))
+        } else {
+            Req::decode(message.payload.as_ref())
+                .map_err(|_| WireError::new(ErrorCode::InvalidArgument, format!("payload is not a valid {}", Req::full_name())))
+        };
+        match request {
+            Ok(request) => handler(request).await.unwrap_or_else(Rep::from_error),
+            Err(error) => Rep::from_error(error),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+
+    if let Some(error) = reply.error() {
+        record_failure(&span, error.kind().short_name(), &error.message);
+    }
+    let payload = reply.encode_to_vec();
+    if let Err(error) = client.publish(reply_to, payload.into()).await {
+        record_failure(&span, "reply_failed", &format!("failed to send the reply: {error}"));
+    }
+    drop(span);
+}

@@ -1,0 +1,68 @@
+//! The span feed: every service's finished spans, encoded as OTLP protobuf and
+//! kept in a bounded, memory-backed JetStream stream, so that traces can be
+//! read back with nothing but NATS.
+//!
+//! - [`exporter`]: [`SpanFeedExporter`], an OpenTelemetry `SpanExporter` that
+//!   publishes each batch, one message per trace, on `spans.<trace_id>.<service>`.
+//! - [`record`]: [`SpanRecord`], a flat, JSON-friendly view of one span, decoded
+//!   from the OTLP messages on the feed.
+//! - [`reader`]: [`fetch_trace`] (every span of one trace so far),
+//!   [`wait_for_trace`] (until it stops growing) and [`watch`] (spans as they
+//!   arrive).
+//!
+//! The stream uses memory storage with size and age limits: telemetry must not
+//! pay for the fsync that business events need.
+
+pub mod exporter;
+pub mod reader;
+pub mod record;
+
+pub use exporter::{FeedStats, SpanFeedExporter};
+pub use reader::{ReadError, fetch_trace, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch};
+pub use record::{SpanKind, SpanLink, SpanRecord, SpanStatus, decode_spans};
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+/// Name of the JetStream stream that keeps the feed.
+pub const STREAM: &str = "SPANS";
+/// First token of every feed subject.
+pub const SUBJECT_PREFIX: &str = "spans";
+/// The largest feed message we publish; NATS refuses more than 1 MB by default.
+pub const MAX_MESSAGE_BYTES: usize = 900 * 1024;
+
+/// The subject that carries spans of `trace_id` (32 lowercase hex digits)
+/// finished by `service`.
+pub fn subject(trace_id: &str, service: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{trace_id}.{service}")
+}
+
+/// The filter that matches every span of one trace.
+pub fn trace_filter(trace_id: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{trace_id}.*")
+}
+
+/// The stream's configuration: memory storage, bounded in bytes and in age.
+pub fn stream_config(max_bytes: i64, max_age: Duration) -> stream::Config {
+    stream::Config {
+        name: STREAM.to_string(),
+        description: Some("tracehop span feed: finished spans as OTLP protobuf".to_string()),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        storage: stream::StorageType::Memory,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_bytes,
+        max_age,
+        max_message_size: (MAX_MESSAGE_BYTES + 64 * 1024) as i32,
+        ..Default::default()
+    }
+}
+
+/// Creates (or updates) the feed's stream with the default bounds: 256 MiB and
+/// one hour.
+pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), jetstream::context::CreateStreamError> {
+    js.create_or_update_stream(stream_config(256 * 1024 * 1024, Duration::from_secs(3600)))
+        .await?;
+    Ok(())
+}

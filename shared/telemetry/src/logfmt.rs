@@ -1,0 +1,43 @@
+//! The log line format: the usual `tracing` line, prefixed with the service
+//! name and, inside a span, the trace and span ids, so that a log line leads
+//! straight to its trace.
+
+use std::fmt;
+
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::{Event, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats each event as `<time> <level> <service> trace_id=.. span_id=.. <target>: <fields>`.
+pub struct TraceIdsFormat {
+    service: &'static str,
+    inner: format::Format<format::Full>,
+}
+
+impl TraceIdsFormat {
+    /// A format that names `service` on every line.
+    pub fn new(service: &'static str) -> Self {
+        Self { service, inner: format::Format::default() }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for TraceIdsFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        write!(writer, "{} ", self.service)?;
+        if ctx.lookup_current().is_some() {
+            let context = tracing::Span::current().context();
+            let span_context = context.span().span_context().clone();
+            if span_context.is_valid() {
+                write!(writer, "trace_id={} span_id={} ", span_context.trace_id(), span_context.span_id())?;
+            }
+        }
+        self.inner.format_event(ctx, writer, event)
+    }
+}
