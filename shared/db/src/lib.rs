@@ -1,1 +1,121 @@
-//! tracehop-db
+//! PostgreSQL for every service: connecting, creating the database and
+//! applying `migrations/`, and [`traced`], which runs one SQL statement in a
+//! CLIENT span named after its operation and table
+//! (`db.system.name=postgresql`), marked failed when the statement fails.
+//!
+//! Each service owns one schema (`inventory`, `ordering`, `payment`,
+//! `loyalty`, `notification`, `analytics`) and reads no other.
+
+use std::future::Future;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection as _, PgPool};
+use tracehop_telemetry::record_failure;
+use tracing::Instrument as _;
+
+pub use sqlx;
+
+/// Every migration of every schema, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// Opens a pool of at most `max_connections` to `url`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+/// Creates the database that `url` names, if it does not exist yet, by
+/// connecting to the server's `postgres` database.
+pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    let name = options.get_database().unwrap_or("postgres").to_string();
+    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::raw_sql(&format!("CREATE DATABASE {quoted}")).execute(&mut admin).await {
+            Ok(_) => {}
+            // Another process created it in the meantime.
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => {}
+            Err(error) => return Err(error),
+        }
+    }
+    admin.close().await
+}
+
+/// Creates the database if needed and applies every pending migration.
+pub async fn migrate(url: &str) -> Result<(), sqlx::Error> {
+    ensure_database(url).await?;
+    let pool = connect(url, 1).await?;
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Runs `statement` in a CLIENT span `<operation> <table>` after the
+/// OpenTelemetry database conventions. A failure marks the span with the
+/// SQLSTATE as `error.type`; the message names only the operation and table,
+/// as database messages may quote values.
+pub async fn traced<T, F>(operation: &'static str, table: &'static str, statement: F) -> Result<T, sqlx::Error>
+where
+    F: Future<Output = Result<T, sqlx::Error>>,
+{
+    let span = tracing::info_span!(
+        "db.statement",
+        otel.name = %format!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = table,
+        db.query.summary = %format!("{operation} {table}"),
+        db.response.status_code = tracing::field::Empty,
+    );
+    let result = statement.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        let code = match error {
+            sqlx::Error::Database(db_error) => db_error.code().map(|c| c.to_string()),
+            _ => None,
+        };
+        if let Some(code) = &code {
+            span.record("db.response.status_code", code.as_str());
+        }
+        let error_type = code.unwrap_or_else(|| sqlx_error_kind(error).to_string());
+        record_failure(&span, &error_type, &format!("{operation} {table} failed ({})", sqlx_error_kind(error)));
+    }
+    result
+}
+
+fn sqlx_error_kind(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::Database(_) => "database_error",
+        sqlx::Error::PoolTimedOut => "pool_timed_out",
+        sqlx::Error::PoolClosed => "pool_closed",
+        sqlx::Error::Io(_) => "io",
+        sqlx::Error::RowNotFound => "row_not_found",
+        sqlx::Error::Protocol(_) => "protocol",
+        _ => "other",
+    }
+}
+
+/// The wire error for a failed statement, for a service's reply: a
+/// connection problem is `UNAVAILABLE` (worth retrying), anything else
+/// `INTERNAL`. The details stay in the log and the trace, never in the reply.
+pub fn wire_error(error: &sqlx::Error) -> tracehop_proto::v1::Error {
+    use tracehop_proto::v1::{Error, ErrorCode};
+    tracing::error!(error = %error, "database statement failed");
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::new(ErrorCode::Unavailable, "the database is unavailable")
+        }
+        _ => Error::new(ErrorCode::Internal, "internal error"),
+    }
+}

@@ -6,8 +6,8 @@
 //!   out of NATS headers, plus the message id and payload type headers.
 //! - [`request`]: [`request()`], a traced NATS request (CLIENT span) with a
 //!   timeout and a typed reply.
-//! - [`serve`]: [`serve::serve`], a traced responder (SERVER span per request)
-//!   that drains on shutdown.
+//! - [`serve`]: [`Responder`], traced responders (a SERVER span per request)
+//!   that drain on shutdown.
 //! - [`publish`]: [`publish::publish_event`], a traced JetStream publish
 //!   (PRODUCER span) that waits for the stream's ack.
 //! - [`consume`]: [`consume::run_consumer`], a traced durable consumer
@@ -26,7 +26,7 @@ pub mod topology;
 pub use consume::{ConsumerSpec, Delivery, ProcessError, run_consumer};
 pub use publish::{PublishError, publish_event};
 pub use request::{RequestError, request};
-pub use serve::serve;
+pub use serve::{Responder, serve};
 
 pub use async_nats;
 

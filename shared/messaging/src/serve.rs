@@ -1,4 +1,5 @@
-//! [`serve`]: the responder side of request/reply, one SERVER span per request.
+//! The responder side of request/reply, one SERVER span per request:
+//! [`Responder`] for a service's handlers, [`serve`] underneath.
 
 use std::future::Future;
 
@@ -19,6 +20,47 @@ use crate::spans;
 /// Largest request payload a responder accepts; a bigger one is answered with
 /// an error and never decoded.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// A service's responders: one NATS connection, one queue group, one
+/// shutdown signal, any number of subjects.
+#[derive(Clone)]
+pub struct Responder {
+    client: Client,
+    queue_group: String,
+    shutdown: CancellationToken,
+}
+
+impl Responder {
+    /// Responders in `queue_group` (the service's name) that stop on `shutdown`.
+    pub fn new(client: Client, queue_group: impl Into<String>, shutdown: CancellationToken) -> Self {
+        Self { client, queue_group: queue_group.into(), shutdown }
+    }
+
+    /// Answers requests on `subject` with `handler(state.clone(), request)`
+    /// until shutdown; see [`serve`].
+    pub async fn serve<S, Req, Rep, H, Fut>(
+        &self,
+        subject: &str,
+        state: S,
+        handler: H,
+    ) -> Result<(), async_nats::SubscribeError>
+    where
+        S: Clone + Send + Sync + 'static,
+        Req: prost::Message + Name + Default + 'static,
+        Rep: Reply,
+        H: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Rep, WireError>> + Send + 'static,
+    {
+        serve(
+            self.client.clone(),
+            subject,
+            &self.queue_group,
+            move |request| handler(state.clone(), request),
+            self.shutdown.clone(),
+        )
+        .await
+    }
+}
 
 /// Answers requests on `subject` (in `queue_group`, so that instances share the
 /// load) until `shutdown` fires, then drains: requests already received are

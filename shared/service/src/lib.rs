@@ -1,1 +1,153 @@
-//! tracehop-service
+//! What every tracehop service process shares: the base configuration read
+//! from the environment, the shutdown signal, and [`run`], the life cycle of
+//! a service: connect to NATS, start telemetry, run the service until
+//! SIGTERM or Ctrl-C, let it drain, and flush telemetry last.
+//!
+//! A service's `main` is three lines: read its config, then
+//! `tracehop_service::run(name, version, &config.base, |runtime| service::run(config, runtime))`.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tracehop_telemetry::TelemetryConfig;
+
+/// The default NATS server on a developer machine.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The default database on a developer machine.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tracehop";
+
+/// Settings every service has. Read from the environment here and nowhere
+/// else; the standard `OTEL_*` variables keep their standard meaning.
+#[derive(Clone, Debug)]
+pub struct BaseConfig {
+    /// `NATS_URL`.
+    pub nats_url: String,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: spans also go there when set.
+    pub otlp_endpoint: Option<String>,
+    /// `RUST_LOG`.
+    pub log_filter: String,
+    /// `TRACEHOP_SPAN_FEED` (default on): publish spans to the span feed.
+    pub span_feed: bool,
+}
+
+impl BaseConfig {
+    /// Reads the base settings, with defaults that work on a developer machine.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            nats_url: env_or("NATS_URL", DEFAULT_NATS_URL.to_string())?,
+            database_url: env_or("DATABASE_URL", DEFAULT_DATABASE_URL.to_string())?,
+            otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.trim().is_empty()),
+            log_filter: env_or("RUST_LOG", "info".to_string())?,
+            span_feed: env_or("TRACEHOP_SPAN_FEED", true)?,
+        })
+    }
+}
+
+/// Reads `name` from the environment and parses it, or returns `default` when
+/// it is unset or empty. A value that does not parse is an error naming the
+/// variable, never a silent default.
+pub fn env_or<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|error| anyhow::anyhow!("environment variable {name}={value:?} is invalid: {error}")),
+        _ => Ok(default),
+    }
+}
+
+/// Reads a duration given in milliseconds.
+pub fn env_millis(name: &str, default: Duration) -> anyhow::Result<Duration> {
+    env_or(name, default.as_millis() as u64).map(Duration::from_millis)
+}
+
+/// What [`run`] hands to a service.
+#[derive(Clone)]
+pub struct Runtime {
+    /// The process's NATS connection.
+    pub nats: async_nats::Client,
+    /// Fires on SIGTERM or Ctrl-C: stop taking work, finish what is in hand.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs a service process from start to flush. `service` is the
+/// service's whole life; it must return once `runtime.shutdown` has fired and
+/// its work has drained.
+pub async fn run<F, Fut>(name: &'static str, version: &'static str, base: &BaseConfig, service: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Runtime) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let nats = tracehop_messaging::connect(&base.nats_url, &format!("tracehop-{name}"))
+        .await
+        .with_context(|| format!("failed to connect to NATS at {}", base.nats_url))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    if base.span_feed {
+        ensure_span_feed_stream(&js).await;
+    }
+    let mut telemetry_config = TelemetryConfig::new(name, version);
+    telemetry_config.otlp_endpoint = base.otlp_endpoint.clone();
+    telemetry_config.log_filter = base.log_filter.clone();
+    let telemetry = tracehop_telemetry::init(&telemetry_config, base.span_feed.then_some(js))?;
+
+    let shutdown = CancellationToken::new();
+    let signal = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown signal received, draining");
+            shutdown.cancel();
+        }
+    });
+    tracing::info!(version, "started");
+    let result = service(Runtime { nats: nats.clone(), shutdown }).await;
+    signal.abort();
+    match &result {
+        Ok(()) => tracing::info!("stopped"),
+        Err(error) => tracing::error!(error = format!("{error:#}"), "stopped with an error"),
+    }
+    let _ = nats.flush().await;
+    telemetry.shutdown().await;
+    let _ = nats.flush().await;
+    result
+}
+
+async fn ensure_span_feed_stream(js: &async_nats::jetstream::Context) {
+    // The feed's stream is created by `tracehop up`; a service creates it too
+    // when it is missing so that it never publishes into the void.
+    if js.get_stream(tracehop_telemetry::SPAN_FEED_STREAM).await.is_err() {
+        if let Err(error) = tracehop_telemetry::ensure_span_feed(js).await {
+            eprintln!("failed to create the span feed stream: {error}");
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -169,3 +169,11 @@ impl Telemetry {
         }
     }
 }
+
+/// Name of the span feed's stream.
+pub const SPAN_FEED_STREAM: &str = tracehop_spanfeed::STREAM;
+
+/// Creates the span feed's stream with its default bounds.
+pub async fn ensure_span_feed(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    tracehop_spanfeed::ensure_stream(js).await.context("failed to create the span feed stream")
+}
