@@ -15,8 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let descriptors = protox::compile(&files, [&root])?;
-    prost_build::Config::new()
-        .enable_type_names()
-        .compile_fds(descriptors)?;
+    prost_build::Config::new().enable_type_names().compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,1 +1,14 @@
-//! tracehop
+//! The `tracehop` command: bring the system up and down, place orders
+//! through the gateway, and read traces back from the span feed.
+//!
+//! - [`settings`]: where NATS, PostgreSQL, the gateway and the state folder
+//!   are (environment variables with developer-machine defaults).
+//! - [`commands`]: one module per subcommand (`up`, `down`, `order`,
+//!   `trace`, `watch`, `demo`).
+//! - [`client`]: the gateway's HTTP API as the command uses it.
+//! - [`render`]: waterfalls, watch lines and JSON for traces.
+
+pub mod client;
+pub mod commands;
+pub mod render;
+pub mod settings;

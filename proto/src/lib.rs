@@ -31,6 +31,7 @@ macro_rules! impl_reply {
             fn error(&self) -> Option<&Error> {
                 self.error.as_ref()
             }
+            #[allow(clippy::needless_update)]
             fn from_error(error: Error) -> Self {
                 Self { error: Some(error), ..Default::default() }
             }
@@ -102,3 +103,5 @@ pub mod subjects {
     /// Event: an order failed ([`crate::v1::OrderEvent`]).
     pub const ORDER_FAILED: &str = "orders.failed";
 }
+
+pub mod validate;

@@ -33,7 +33,7 @@ impl Stock {
 
     /// Reserves every item of the order or none. A retry for the same order
     /// returns the reservation already made.
-    #[tracing::instrument(name = "reserve stock", skip_all, fields(order.id = %request.order_id, item.count = request.items.len()), err(Debug))]
+    #[tracing::instrument(name = "reserve stock", skip_all, fields(order.id = %request.order_id, item.count = request.items.len() as i64), err(Debug))]
     pub async fn reserve(self, request: ReserveStockRequest) -> Reply<ReserveStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         if request.items.is_empty() {
@@ -174,7 +174,7 @@ impl Stock {
     }
 
     /// Unit prices of the requested SKUs; any unknown SKU is an error.
-    #[tracing::instrument(name = "get prices", skip_all, fields(sku.count = request.skus.len()), err(Debug))]
+    #[tracing::instrument(name = "get prices", skip_all, fields(sku.count = request.skus.len() as i64), err(Debug))]
     pub async fn prices(self, request: GetPricesRequest) -> Reply<GetPricesReply> {
         if request.skus.is_empty() {
             return Err(invalid("no sku given"));

@@ -1,1 +1,56 @@
-//! tracehop-notification
+//! The notification service: a durable consumer of every order event
+//! (`orders.confirmed`, `orders.failed`) that e-mails the customer, in the
+//! `notification` schema.
+//!
+//! Mail goes through an SMTP server when `SMTP_URL` is set (plain SMTP, no
+//! TLS: a local relay or a test catcher), and otherwise into `.eml` files
+//! under `NOTIFICATION_MAIL_DIR`. An event without a usable recipient is
+//! recorded as `skipped`. The recipient is personal data: it is used to
+//! address the mail and for nothing else, never kept, logged or traced.
+//!
+//! Each event is mailed once: its id is inserted into `notification.emails`
+//! before sending, in a transaction committed only after the send, so a
+//! redelivery finds the row and sends nothing (see [`notify`] for the one
+//! case that can still send twice).
+//!
+//! Modules: [`config`] (environment), [`mail`] (rendering, recipients and
+//! the transports), [`notify`] (the event handler and its SQL).
+
+pub mod config;
+pub mod mail;
+pub mod notify;
+
+pub use config::{Config, SmtpServer};
+
+use anyhow::Context as _;
+use tracehop_messaging::{async_nats, run_consumer, topology};
+use tracehop_service::Runtime;
+
+/// `service.name` of this service.
+pub const SERVICE: &str = "notification";
+
+/// Processes order events until shutdown; the event in hand is finished
+/// first.
+pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
+    let mailer = match &config.smtp {
+        Some(server) => mail::Mailer::smtp(server, config.smtp_timeout),
+        None => mail::Mailer::file(&config.mail_dir)
+            .await
+            .with_context(|| format!("failed to create the mail directory {}", config.mail_dir.display()))?,
+    };
+    tracing::info!(notification.transport = mailer.transport_name(), "mailer ready");
+    let pool = tracehop_db::connect(&config.base.database_url, config.max_connections)
+        .await
+        .context("failed to connect to the database")?;
+    let notifier = notify::Notifier::new(pool.clone(), mailer, config.from);
+    let js = async_nats::jetstream::new(runtime.nats);
+    let consumed = run_consumer(
+        js,
+        topology::notification_consumer(),
+        move |delivery| notifier.clone().handle(delivery),
+        runtime.shutdown,
+    )
+    .await;
+    pool.close().await;
+    consumed.context("the notification consumer failed")
+}

@@ -1,1 +1,59 @@
-//! tracehop-order
+//! The order service: it owns orders (schema `ordering`) and runs the
+//! synchronous part of checkout over NATS request/reply:
+//!
+//! 1. the order is written as `pending`;
+//! 2. inventory reserves the stock (a rejection — unknown SKU, out of stock —
+//!    removes the pending order again: nothing is left written);
+//! 3. payment charges the card (3 s timeout by default);
+//! 4. inventory commits the reservation, and the order is confirmed; or the
+//!    reservation is released and the order failed.
+//!
+//! The decided order's event (`orders.confirmed` / `orders.failed`) is written
+//! to the outbox in the same transaction as the order's final state, and the
+//! [`relay`] publishes it to JetStream, so an event is never lost nor sent for
+//! an order that was not decided.
+//!
+//! Modules: [`config`], [`checkout`] (the handlers), [`store`] (SQL),
+//! [`relay`] (outbox to JetStream).
+
+pub mod checkout;
+pub mod config;
+pub mod relay;
+pub mod store;
+
+pub use config::Config;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracehop_messaging::Responder;
+use tracehop_proto::subjects;
+use tracehop_service::Runtime;
+
+/// `service.name` of this service.
+pub const SERVICE: &str = "order";
+
+/// Serves order requests and relays the outbox until shutdown, then drains.
+pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
+    let pool = tracehop_db::connect(&config.base.database_url, config.max_connections).await?;
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let outbox_written = Arc::new(Notify::new());
+    let orders = checkout::Orders::new(
+        store::Store::new(pool.clone()),
+        runtime.nats.clone(),
+        config.clone(),
+        outbox_written.clone(),
+    );
+    let responder = Responder::new(runtime.nats.clone(), SERVICE, runtime.shutdown.clone());
+    let relay = relay::Relay::new(pool.clone(), js, config.outbox_poll_interval, outbox_written);
+    tokio::try_join!(
+        responder.serve(subjects::ORDER_PLACE, orders.clone(), checkout::Orders::place),
+        responder.serve(subjects::ORDER_GET, orders, checkout::Orders::get),
+        async {
+            relay.run(runtime.shutdown.clone()).await;
+            Ok(())
+        },
+    )?;
+    pool.close().await;
+    Ok(())
+}

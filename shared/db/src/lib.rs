@@ -23,11 +23,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// Opens a pool of at most `max_connections` to `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect(url).await
 }
 
 /// Creates the database that `url` names, if it does not exist yet, by

@@ -1,1 +1,215 @@
-//! tracehop-launcher
+//! Starting and stopping the service processes: each service runs as its own
+//! OS process (so that one can be killed for real), with its output in a log
+//! file and its pid in a pid file under the run directory. `tracehop up`,
+//! `down`, `kill`, `start` and the end-to-end tests all go through here.
+//!
+//! - [`SERVICES`]: every service, in start order.
+//! - [`Launcher`]: where the binaries are, where pid files and logs go, and
+//!   the environment every service gets.
+//! - [`prepare`]: what must exist before any service starts (the database,
+//!   its migrations, the streams and durable consumers).
+//! - [`readiness`]: probes that tell when every service answers.
+
+pub mod readiness;
+
+pub use readiness::{probe, wait_ready};
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// Every service, in the order they start: responders before their callers,
+/// the gateway last so that it is healthy only when the rest is up.
+pub const SERVICES: [&str; 7] = ["inventory", "payment", "order", "loyalty", "notification", "analytics", "gateway"];
+
+/// The executable of a service.
+pub fn binary_name(service: &str) -> String {
+    format!("tracehop-{service}")
+}
+
+/// The folder that holds the workspace's executables, judged from the
+/// running one: `target/<profile>/` for a binary, and also for a test, which
+/// runs from `target/<profile>/deps/`.
+pub fn default_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("failed to find the running executable")?;
+    let dir = exe.parent().context("the running executable has no folder")?;
+    Ok(if dir.ends_with("deps") { dir.parent().unwrap_or(dir).to_path_buf() } else { dir.to_path_buf() })
+}
+
+/// How a service is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM: the service drains and flushes its telemetry; SIGKILL after
+    /// the grace period.
+    Graceful(Duration),
+    /// SIGKILL at once: what a crash looks like.
+    Kill,
+}
+
+/// Starts and stops service processes.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    /// Where `tracehop-<service>` executables are.
+    pub bin_dir: PathBuf,
+    /// Where `<service>.pid` and `<service>.log` go.
+    pub run_dir: PathBuf,
+    /// Environment variables set for every service, on top of the caller's.
+    pub env: Vec<(String, String)>,
+}
+
+impl Launcher {
+    pub fn new(bin_dir: PathBuf, run_dir: PathBuf) -> Self {
+        Self { bin_dir, run_dir, env: Vec::new() }
+    }
+
+    /// Adds an environment variable for every service.
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn log_path(&self, service: &str) -> PathBuf {
+        self.run_dir.join(format!("{service}.log"))
+    }
+
+    fn pid_path(&self, service: &str) -> PathBuf {
+        self.run_dir.join(format!("{service}.pid"))
+    }
+
+    /// Checks that every service's executable is there.
+    pub fn check_binaries(&self) -> anyhow::Result<()> {
+        let missing: Vec<String> = SERVICES
+            .iter()
+            .map(|service| binary_name(service))
+            .filter(|name| !self.bin_dir.join(name).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "service executables not found in {}: {}; build them first with `cargo build --workspace`",
+                self.bin_dir.display(),
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `service` in a process group of its own (so that a Ctrl-C in
+    /// the terminal does not reach it), appending its output to its log
+    /// file, and records its pid. The returned child may be dropped: the
+    /// process keeps running.
+    pub fn start(&self, service: &str) -> anyhow::Result<Child> {
+        if let Some(pid) = self.running_pid(service) {
+            bail!("{service} is already running (pid {pid})");
+        }
+        fs::create_dir_all(&self.run_dir).with_context(|| format!("failed to create {}", self.run_dir.display()))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(service))
+            .with_context(|| format!("failed to open the log of {service}"))?;
+        let binary = self.bin_dir.join(binary_name(service));
+        let child = Command::new(&binary)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        fs::write(self.pid_path(service), child.id().to_string())
+            .with_context(|| format!("failed to write the pid file of {service}"))?;
+        Ok(child)
+    }
+
+    /// The pid of `service` if its pid file names a live process that is
+    /// that service (a pid reused by another program does not count).
+    pub fn running_pid(&self, service: &str) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.pid_path(service)).ok()?.trim().parse().ok()?;
+        is_service_process(pid, service).then_some(pid)
+    }
+
+    /// Stops `service`; returns false when it was not running.
+    pub fn stop(&self, service: &str, mode: StopMode) -> anyhow::Result<bool> {
+        let Some(pid) = self.running_pid(service) else {
+            let _ = fs::remove_file(self.pid_path(service));
+            return Ok(false);
+        };
+        let target = Pid::from_raw(pid as i32);
+        match mode {
+            StopMode::Kill => {
+                let _ = signal::kill(target, Signal::SIGKILL);
+            }
+            StopMode::Graceful(grace) => {
+                let _ = signal::kill(target, Signal::SIGTERM);
+                let deadline = Instant::now() + grace;
+                while is_service_process(pid, service) && Instant::now() < deadline {
+                    sleep(Duration::from_millis(50));
+                }
+                if is_service_process(pid, service) {
+                    let _ = signal::kill(target, Signal::SIGKILL);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_service_process(pid, service) && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        let _ = fs::remove_file(self.pid_path(service));
+        Ok(true)
+    }
+
+    /// Opens a service's log for reading.
+    pub fn open_log(&self, service: &str) -> std::io::Result<File> {
+        File::open(self.log_path(service))
+    }
+}
+
+/// True when `pid` is alive (not a zombie) and runs `tracehop-<service>`.
+pub fn is_service_process(pid: u32, service: &str) -> bool {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else { return false };
+    // The state follows the parenthesized command name: Z is a zombie.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("Z") | Some("X") | None) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else { return false };
+    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    Path::new(std::str::from_utf8(program).unwrap_or_default())
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy() == binary_name(service))
+}
+
+/// Creates the database and applies migrations, then creates the span feed,
+/// the ORDERS stream and every expected durable consumer, so that events
+/// wait for a consumer that has not started yet.
+pub async fn prepare(nats: &async_nats::Client, database_url: &str) -> anyhow::Result<()> {
+    tracehop_db::migrate(database_url)
+        .await
+        .with_context(|| format!("failed to migrate the database at {}", redact_url(database_url)))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    tracehop_spanfeed::ensure_stream(&js).await.context("failed to create the span feed stream")?;
+    tracehop_messaging::topology::ensure_all(&js).await.context("failed to create streams and consumers")?;
+    Ok(())
+}
+
+/// A URL with its password, if any, replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -48,7 +48,13 @@ impl ConsumerSpec {
         consumer::pull::Config {
             durable_name: Some(self.durable.to_string()),
             description: Some(format!("tracehop {} consumer", self.durable)),
-            filter_subjects: self.filter_subjects.clone(),
+            // nats-server 2.9 ignores `filter_subjects` (plural): one subject
+            // goes in `filter_subject`, which every server version honours.
+            filter_subject: match self.filter_subjects.as_slice() {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
+            filter_subjects: if self.filter_subjects.len() > 1 { self.filter_subjects.clone() } else { Vec::new() },
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
@@ -186,9 +192,9 @@ where
         messaging.destination.name = %subject,
         messaging.consumer.group.name = spec.durable,
         messaging.message.id = message_id.as_deref().unwrap_or(""),
-        messaging.message.body.size = message.payload.len(),
+        messaging.message.body.size = message.payload.len() as i64,
         messaging.nats.message.delivery_count = delivery_count,
-        messaging.nats.stream.sequence = stream_sequence,
+        messaging.nats.stream.sequence = stream_sequence as i64,
     );
     let producer = headers::extract(message.headers.as_ref());
     let producer_span = producer.span().span_context().clone();

@@ -16,6 +16,10 @@ pub const MESSAGE_ID: &str = "Nats-Msg-Id";
 /// The fully qualified protobuf type of the payload (`tracehop.v1.OrderEvent`).
 pub const PAYLOAD_TYPE: &str = "Tracehop-Payload-Type";
 
+/// Marks a readiness probe: a responder answers it at once, without a span
+/// and without calling its handler.
+pub const PROBE: &str = "Tracehop-Probe";
+
 /// Longest header value taken from a message; longer ones are ignored, so a
 /// hostile `tracestate` or `baggage` costs nothing.
 const MAX_VALUE_LEN: usize = 8192;
@@ -34,8 +38,7 @@ struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        let value = self.0.get(key)?.as_str();
-        (value.len() <= MAX_VALUE_LEN).then_some(value)
+        self.0.get(key).map(|value| value.as_str())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -56,10 +59,52 @@ pub fn inject(context: &Context, headers: &mut HeaderMap) {
 /// context: one message's trace must not leak into the next.
 pub fn extract(headers: Option<&HeaderMap>) -> Context {
     match headers {
-        Some(headers) => opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract_with_context(&Context::new(), &HeaderExtractor(headers))
-        }),
+        Some(headers) => extract_with(&HeaderExtractor(headers)),
         None => Context::new(),
+    }
+}
+
+/// Reads W3C context from any carrier (the gateway's HTTP headers too), as
+/// the Trace Context specification says: a `traceparent` that is not exactly
+/// `version-traceid-parentid-flags` in lowercase hex of the right lengths is
+/// ignored, and so is the `tracestate` that came with it.
+pub fn extract_with(carrier: &dyn Extractor) -> Context {
+    let strict = StrictTraceparent(carrier);
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract_with_context(&Context::new(), &strict)
+    })
+}
+
+/// True when `value` is a well-formed W3C `traceparent`: version (not `ff`),
+/// 32-digit trace id, 16-digit parent id and flags, in lowercase hex; version
+/// `00` takes exactly four fields, later versions may append more.
+pub fn is_valid_traceparent(value: &str) -> bool {
+    let value = value.trim();
+    let fields: Vec<&str> = value.split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    fields.len() >= 4
+        && hex(fields[0], 2)
+        && fields[0] != "ff"
+        && (fields[0] != "00" || fields.len() == 4)
+        && hex(fields[1], 32)
+        && hex(fields[2], 16)
+        && hex(fields[3], 2)
+}
+
+struct StrictTraceparent<'a>(&'a dyn Extractor);
+
+impl Extractor for StrictTraceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let valid = self.0.get("traceparent").is_some_and(is_valid_traceparent);
+        match key {
+            "traceparent" | "tracestate" if !valid => None,
+            _ => self.0.get(key).filter(|value| value.len() <= MAX_VALUE_LEN),
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
     }
 }
 
@@ -68,22 +113,56 @@ pub fn get<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     headers?.get(name).map(|value| value.as_str())
 }
 
-/// The W3C `traceparent` of a span context, e.g. for storing it with an
-/// outbox row; `None` for an invalid context.
-pub fn traceparent_of(context: &Context) -> Option<String> {
-    let mut headers = HeaderMap::new();
-    inject(context, &mut headers);
-    headers.get("traceparent").map(|value| value.as_str().to_string())
+/// A span context in its W3C text form (`traceparent`, `tracestate`), for
+/// keeping it beside data that is acted on later, such as an outbox row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
-/// The context described by a stored `traceparent` (and `tracestate`).
-pub fn context_from_traceparent(traceparent: &str, tracestate: Option<&str>) -> Context {
-    let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(traceparent) {
-        headers.insert("traceparent", value);
+impl StoredContext {
+    /// The W3C form of `context`; empty for an invalid context.
+    pub fn of(context: &Context) -> Self {
+        let mut headers = HeaderMap::new();
+        inject(context, &mut headers);
+        let value = |name: &str| headers.get(name).map(|v| v.as_str().to_string()).filter(|v| !v.is_empty());
+        Self { traceparent: value("traceparent"), tracestate: value("tracestate") }
     }
-    if let Some(Ok(value)) = tracestate.map(HeaderValue::from_str) {
-        headers.insert("tracestate", value);
+
+    /// The context it describes; an empty context when it is missing or
+    /// malformed.
+    pub fn context(&self) -> Context {
+        let mut headers = HeaderMap::new();
+        if let Some(Ok(value)) = self.traceparent.as_deref().map(HeaderValue::from_str) {
+            headers.insert("traceparent", value);
+        }
+        if let Some(Ok(value)) = self.tracestate.as_deref().map(HeaderValue::from_str) {
+            headers.insert("tracestate", value);
+        }
+        extract(Some(&headers))
     }
-    extract(Some(&headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_well_formed_traceparents() {
+        assert!(is_valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(is_valid_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"));
+        for bad in [
+            "",
+            "garbage",
+            "00-1-2-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e47360-00f067aa0ba902b7-01",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad:?} was accepted");
+        }
+    }
 }

@@ -25,7 +25,7 @@ pub mod topology;
 
 pub use consume::{ConsumerSpec, Delivery, ProcessError, run_consumer};
 pub use publish::{PublishError, publish_event};
-pub use request::{RequestError, request};
+pub use request::{RequestError, probe, request, request_reply};
 pub use serve::{Responder, serve};
 
 pub use async_nats;

@@ -49,7 +49,7 @@ pub async fn publish_event(
         messaging.operation.name = "publish",
         messaging.destination.name = %subject,
         messaging.message.id = %event_id,
-        messaging.message.body.size = payload.len(),
+        messaging.message.body.size = payload.len() as i64,
         messaging.nats.message.payload_type = %payload_type,
         messaging.nats.stream.sequence = tracing::field::Empty,
         messaging.nats.duplicate = tracing::field::Empty,
@@ -79,7 +79,7 @@ pub async fn publish_event(
     .await;
     match &result {
         Ok(published) => {
-            span.record("messaging.nats.stream.sequence", published.sequence);
+            span.record("messaging.nats.stream.sequence", published.sequence as i64);
             span.record("messaging.nats.duplicate", published.duplicate);
         }
         Err(error) => record_failure(&span, "publish_failed", &error.to_string()),

@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_nats::client::RequestErrorKind;
 use async_nats::{Client, HeaderMap};
 use prost::{Message, Name};
-use tracehop_proto::v1::{Error as WireError, ErrorCode};
 use tracehop_proto::Reply;
+use tracehop_proto::v1::{Error as WireError, ErrorCode};
 use tracehop_telemetry::record_failure;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -70,7 +70,32 @@ impl RequestError {
 /// CLIENT span `send <subject>` whose context travels in the headers. A reply
 /// that carries an error comes back as [`RequestError::Remote`], and the span
 /// is marked failed either way.
-pub async fn request<Req, Rep>(client: &Client, subject: &str, request: &Req, timeout: Duration) -> Result<Rep, RequestError>
+pub async fn request<Req, Rep>(
+    client: &Client,
+    subject: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Rep, RequestError>
+where
+    Req: Message + Name,
+    Rep: Reply,
+{
+    let reply: Rep = request_reply(client, subject, request, timeout).await?;
+    match reply.error() {
+        Some(error) => Err(RequestError::Remote(error.clone())),
+        None => Ok(reply),
+    }
+}
+
+/// Like [`request()`], but a reply that carries an error is returned as it
+/// is, for callers that need the rest of a failed reply (the order that was
+/// created and then failed). The span is still marked failed.
+pub async fn request_reply<Req, Rep>(
+    client: &Client,
+    subject: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Rep, RequestError>
 where
     Req: Message + Name,
     Rep: Reply,
@@ -84,35 +109,44 @@ where
         messaging.operation.type = "send",
         messaging.operation.name = "request",
         messaging.destination.name = %subject,
-        messaging.message.body.size = payload.len(),
+        messaging.message.body.size = payload.len() as i64,
         messaging.nats.message.payload_type = %Req::full_name(),
     );
     let outcome = async {
         let mut message_headers = HeaderMap::new();
         headers::inject(&tracing::Span::current().context(), &mut message_headers);
         message_headers.insert(PAYLOAD_TYPE, Req::full_name().as_str());
-        let outgoing = async_nats::Request::new()
-            .payload(payload.into())
-            .headers(message_headers)
-            .timeout(Some(timeout));
+        let outgoing =
+            async_nats::Request::new().payload(payload.into()).headers(message_headers).timeout(Some(timeout));
         let message = client.send_request(subject.to_string(), outgoing).await.map_err(|error| match error.kind() {
             RequestErrorKind::NoResponders => RequestError::NoResponders { subject: subject.to_string() },
             RequestErrorKind::TimedOut => RequestError::TimedOut { subject: subject.to_string(), timeout },
             _ => RequestError::Transport { subject: subject.to_string(), reason: error.to_string() },
         })?;
-        let reply = Rep::decode(message.payload.as_ref())
-            .map_err(|_| RequestError::BadReply { subject: subject.to_string(), expected: Rep::full_name() })?;
-        match reply.error() {
-            Some(error) => Err(RequestError::Remote(error.clone())),
-            None => Ok(reply),
-        }
+        Rep::decode(message.payload.as_ref())
+            .map_err(|_| RequestError::BadReply { subject: subject.to_string(), expected: Rep::full_name() })
     }
     .instrument(span.clone())
     .await;
-    if let Err(error) = &outcome {
-        record_failure(&span, error.error_type(), &error.to_string());
+    match &outcome {
+        Err(error) => record_failure(&span, error.error_type(), &error.to_string()),
+        Ok(reply) => {
+            if let Some(error) = reply.error() {
+                record_failure(&span, error.kind().short_name(), &error.message);
+            }
+        }
     }
     outcome
+}
+
+/// Whether a responder answers on `subject` within `timeout`: a readiness
+/// probe that the responder answers without running its handler, so it
+/// leaves no span and no effect.
+pub async fn probe(client: &Client, subject: &str, timeout: Duration) -> bool {
+    let mut message_headers = HeaderMap::new();
+    message_headers.insert(headers::PROBE, "1");
+    let outgoing = async_nats::Request::new().headers(message_headers).timeout(Some(timeout));
+    client.send_request(subject.to_string(), outgoing).await.is_ok()
 }
 
 /// Makes a wire error from a code and a message; a shorthand for handlers.

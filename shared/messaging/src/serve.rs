@@ -118,6 +118,10 @@ where
         tracing::warn!(subject = %message.subject, "ignored a message without a reply subject");
         return;
     };
+    if headers::get(message.headers.as_ref(), headers::PROBE).is_some() {
+        let _ = client.publish(reply_to, Rep::default().encode_to_vec().into()).await;
+        return;
+    }
     let subject = message.subject.as_str();
     let span = tracing::info_span!(
         "nats.serve",
@@ -127,7 +131,7 @@ where
         messaging.operation.type = "process",
         messaging.operation.name = "reply",
         messaging.destination.name = %subject,
-        messaging.message.body.size = message.payload.len(),
+        messaging.message.body.size = message.payload.len() as i64,
         messaging.nats.message.payload_type = %Req::full_name(),
     );
     let _ = span.set_parent(headers::extract(message.headers.as_ref()));
@@ -139,8 +143,9 @@ where
                 format!("request of {} bytes is over the limit of {MAX_REQUEST_BYTES}", message.payload.len()),
             ))
         } else {
-            Req::decode(message.payload.as_ref())
-                .map_err(|_| WireError::new(ErrorCode::InvalidArgument, format!("payload is not a valid {}", Req::full_name())))
+            Req::decode(message.payload.as_ref()).map_err(|_| {
+                WireError::new(ErrorCode::InvalidArgument, format!("payload is not a valid {}", Req::full_name()))
+            })
         };
         match request {
             Ok(request) => handler(request).await.unwrap_or_else(Rep::from_error),

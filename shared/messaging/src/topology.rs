@@ -56,7 +56,9 @@ pub async fn ensure_orders_stream(js: &jetstream::Context) -> Result<(), jetstre
 
 /// Creates the ORDERS stream and every expected durable consumer.
 pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
-    ensure_orders_stream(js).await.map_err(|e| TopologyError(format!("failed to create stream {ORDERS_STREAM}: {e}")))?;
+    ensure_orders_stream(js)
+        .await
+        .map_err(|e| TopologyError(format!("failed to create stream {ORDERS_STREAM}: {e}")))?;
     for spec in expected_consumers() {
         spec.ensure(js).await?;
     }

@@ -123,10 +123,10 @@ where
 async fn ensure_span_feed_stream(js: &async_nats::jetstream::Context) {
     // The feed's stream is created by `tracehop up`; a service creates it too
     // when it is missing so that it never publishes into the void.
-    if js.get_stream(tracehop_telemetry::SPAN_FEED_STREAM).await.is_err() {
-        if let Err(error) = tracehop_telemetry::ensure_span_feed(js).await {
-            eprintln!("failed to create the span feed stream: {error}");
-        }
+    if js.get_stream(tracehop_telemetry::SPAN_FEED_STREAM).await.is_err()
+        && let Err(error) = tracehop_telemetry::ensure_span_feed(js).await
+    {
+        eprintln!("failed to create the span feed stream: {error}");
     }
 }
 

@@ -112,7 +112,9 @@ impl SpanExporter for SpanFeedExporter {
         async move {
             match task.await {
                 Ok(result) => result,
-                Err(join_error) => Err(OTelSdkError::InternalFailure(format!("span feed publish task failed: {join_error}"))),
+                Err(join_error) => {
+                    Err(OTelSdkError::InternalFailure(format!("span feed publish task failed: {join_error}")))
+                }
             }
         }
     }

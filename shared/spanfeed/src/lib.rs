@@ -62,7 +62,6 @@ pub fn stream_config(max_bytes: i64, max_age: Duration) -> stream::Config {
 /// Creates (or updates) the feed's stream with the default bounds: 256 MiB and
 /// one hour.
 pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), jetstream::context::CreateStreamError> {
-    js.create_or_update_stream(stream_config(256 * 1024 * 1024, Duration::from_secs(3600)))
-        .await?;
+    js.create_or_update_stream(stream_config(256 * 1024 * 1024, Duration::from_secs(3600))).await?;
     Ok(())
 }

@@ -142,9 +142,7 @@ fn kind(value: i32) -> SpanKind {
 }
 
 fn attributes(kvs: &[KeyValue]) -> Map<String, Value> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_json).unwrap_or(Value::Null)))
-        .collect()
+    kvs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_json).unwrap_or(Value::Null))).collect()
 }
 
 fn any_to_json(value: &AnyValue) -> Value {

@@ -22,15 +22,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracehop_spanfeed::{FeedStats, SpanFeedExporter};
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
 
 /// What [`init`] needs to know; each service fills it in from its own config.
@@ -100,7 +99,8 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
     if let Some(js) = span_feed {
         let exporter = SpanFeedExporter::new(js, config.service_name);
         feed_stats = Some(exporter.stats());
-        builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build());
+        builder = builder
+            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build());
     }
     if let Some(endpoint) = &config.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -108,7 +108,8 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
             .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
             .build()
             .context("failed to build the OTLP span exporter")?;
-        builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build());
+        builder = builder
+            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build());
     }
     let provider = builder.build();
     let tracer = provider.tracer(config.service_name);
@@ -134,11 +135,12 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
     let log_layer = fmt::layer()
         .event_format(logfmt::TraceIdsFormat::new(config.service_name))
         .with_filter(EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info")));
-    tracing_subscriber::registry()
-        .with(otel_layer)
-        .with(log_layer)
-        .try_init()
-        .context("failed to install the tracing subscriber")?;
+    // Installed with `set_global_default`, not `try_init`: `try_init` also
+    // installs the `log` bridge, and a `log::log_enabled!` check (sqlx makes
+    // one after every statement) then leaves stale per-layer filter state on
+    // the thread, which silently drops the next span there.
+    let subscriber = tracing_subscriber::registry().with(otel_layer).with(log_layer);
+    tracing::subscriber::set_global_default(subscriber).context("failed to install the tracing subscriber")?;
 
     Ok(Telemetry { provider, feed_stats })
 }
@@ -146,9 +148,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
 impl Telemetry {
     /// Spans that the span feed refused or timed out on, so far.
     pub fn feed_failures(&self) -> u64 {
-        self.feed_stats
-            .as_ref()
-            .map_or(0, |stats| stats.failed_spans.load(std::sync::atomic::Ordering::Relaxed))
+        self.feed_stats.as_ref().map_or(0, |stats| stats.failed_spans.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Exports every queued span, then shuts the exporters down. Call last,

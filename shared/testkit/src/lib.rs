@@ -1,1 +1,27 @@
-//! tracehop-testkit
+//! Test support: real parts, isolated per test, cleaned up on drop.
+//!
+//! - [`NatsServer`]: a `nats-server` with JetStream on a free port and a
+//!   temporary store, killed on drop; it can be restarted on the same port.
+//! - [`TestDatabase`]: a fresh PostgreSQL database named by a UUID,
+//!   migrated, dropped on drop.
+//! - [`TestSystem`]: both of the above plus every service started as its own
+//!   process from the workspace's executables, ready when it returns.
+//!
+//! PostgreSQL is taken from `TRACEHOP_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432`); `nats-server` from the `PATH`.
+
+mod database;
+mod nats;
+mod system;
+
+pub use database::TestDatabase;
+pub use nats::NatsServer;
+pub use system::TestSystem;
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("failed to find a free port on 127.0.0.1")
+}

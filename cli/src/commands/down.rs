@@ -1,0 +1,24 @@
+//! `tracehop down`: stops what `up` started, the gateway first so that no
+//! new order comes in while the rest drains.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tracehop_launcher::{SERVICES, StopMode};
+
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let launcher = super::up::launcher(settings)?;
+    let mut stopped = 0;
+    for service in SERVICES.iter().rev() {
+        if launcher.stop(service, StopMode::Graceful(Duration::from_secs(15)))? {
+            println!("  {service:<13} stopped");
+            stopped += 1;
+        }
+    }
+    if stopped == 0 {
+        println!("nothing was running");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,38 @@
+//! One module per subcommand; each `run` returns the process's exit code.
+
+pub mod demo;
+pub mod down;
+pub mod order;
+pub mod trace;
+pub mod up;
+pub mod watch;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::settings::Settings;
+
+/// Connects to NATS or explains how to get it running.
+pub async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    let connect = async_nats::ConnectOptions::new()
+        .name("tracehop-cli")
+        .connection_timeout(Duration::from_secs(3))
+        .connect(&settings.nats_url);
+    tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|result| result.map_err(anyhow::Error::from))
+        .with_context(|| {
+            format!(
+                "failed to connect to NATS at {} (start one with `nats-server -js`, or set NATS_URL)",
+                settings.nats_url
+            )
+        })
+}
+
+/// True when standard output is a terminal (colors on).
+pub fn is_terminal() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}

@@ -1,0 +1,64 @@
+//! `tracehop up`: everything the system needs, then every service.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracehop_launcher::{Launcher, SERVICES};
+
+use crate::settings::Settings;
+
+/// The launcher for a system run from `settings`.
+pub fn launcher(settings: &Settings) -> anyhow::Result<Launcher> {
+    Ok(Launcher::new(tracehop_launcher::default_bin_dir()?, settings.run_dir())
+        .with_env("NATS_URL", &settings.nats_url)
+        .with_env("DATABASE_URL", &settings.database_url)
+        .with_env("GATEWAY_ADDR", &settings.gateway_addr)
+        .with_env("NOTIFICATION_MAIL_DIR", settings.mail_dir().to_string_lossy()))
+}
+
+/// Brings the system up; prints where things are. Without `detach`, stays in
+/// the foreground until Ctrl-C, then stops everything.
+pub async fn run(settings: &Settings, detach: bool) -> anyhow::Result<ExitCode> {
+    bring_up(settings).await?;
+    if detach {
+        println!("\nRunning in the background; stop it with `tracehop down`.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("\nPress Ctrl-C to stop.");
+    let _ = tokio::signal::ctrl_c().await;
+    super::down::run(settings)
+}
+
+/// Prepares and starts every service that is not running yet, and waits
+/// until all of them answer.
+pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
+    let launcher = launcher(settings)?;
+    launcher.check_binaries()?;
+    let nats = super::connect_nats(settings).await?;
+    tracehop_launcher::prepare(&nats, &settings.database_url).await.with_context(
+        || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
+    )?;
+    println!("migrations applied, streams and consumers ready");
+    for service in SERVICES {
+        match launcher.running_pid(service) {
+            Some(pid) => println!("  {service:<13} already running (pid {pid})"),
+            None => {
+                let child = launcher.start(service)?;
+                println!("  {service:<13} started (pid {})", child.id());
+            }
+        }
+    }
+    if let Err(error) =
+        tracehop_launcher::wait_ready(&nats, &SERVICES, &settings.gateway_addr, Duration::from_secs(60)).await
+    {
+        anyhow::bail!("{error:#}; see the logs in {}", settings.run_dir().display());
+    }
+    println!("\nall {} services are up", SERVICES.len());
+    println!("  gateway   {}", settings.gateway_url());
+    println!("  NATS      {}", settings.nats_url);
+    println!("  logs      {}", settings.run_dir().display());
+    println!("  mail      {}", settings.mail_dir().display());
+    println!("\ntry: tracehop order --json   then   tracehop trace <trace_id>");
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! End to end: every service as its own process against a private NATS
+//! server and a fresh database; orders through the gateway's HTTP API; the
+//! effects read back by SQL and the traces read back from the span feed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tracehop_spanfeed::{SpanKind, SpanRecord, SpanStatus, wait_for_settled_trace, wait_for_trace};
+use tracehop_testkit::TestSystem;
+
+const CARD_OK: &str = "4242424242424242";
+const CARD_DECLINED: &str = "4000000000000002";
+const EMAIL: &str = "carol.customer@example.com";
+
+async fn post_order(system: &TestSystem, body: Value, traceparent: Option<&str>) -> (u16, Value, Option<String>) {
+    let mut request = reqwest::Client::new().post(format!("{}/v1/orders", system.gateway_url)).json(&body);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request.send().await.expect("gateway unreachable");
+    let status = response.status().as_u16();
+    let traceresponse = response.headers().get("traceresponse").map(|v| v.to_str().unwrap().to_string());
+    (status, response.json().await.unwrap_or(Value::Null), traceresponse)
+}
+
+fn order_body(customer: &str, items: &[(&str, i64)], card: &str) -> Value {
+    json!({
+        "customer_id": customer,
+        "items": items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
+        "card": {"number": card, "expiry": "12/34", "cvv": "123"},
+        "email": EMAIL,
+    })
+}
+
+/// Polls `query` (one i64) until it equals `expected` or 20 s pass.
+async fn eventually(system: &TestSystem, query: &str, order_id: uuid::Uuid, expected: i64) -> i64 {
+    let mut value = -1;
+    for _ in 0..200 {
+        value = sqlx::query_scalar(query).bind(order_id).fetch_one(&system.db.pool).await.unwrap();
+        if value == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    value
+}
+
+/// Waits until `done` holds for the trace, then until it has not grown for a
+/// second (services export in batches, each on its own clock).
+async fn read_trace(system: &TestSystem, trace_id: &str, done: impl FnMut(&[SpanRecord]) -> bool) -> Vec<SpanRecord> {
+    wait_for_trace(&system.js, trace_id, Duration::from_secs(20), done).await.unwrap();
+    wait_for_settled_trace(&system.js, trace_id, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap()
+}
+
+fn services(spans: &[SpanRecord]) -> BTreeSet<&str> {
+    spans.iter().map(|s| s.service.as_str()).collect()
+}
+
+fn find<'a>(spans: &'a [SpanRecord], service: &str, kind: SpanKind, name: &str) -> &'a SpanRecord {
+    spans
+        .iter()
+        .find(|s| s.service == service && s.kind == kind && s.name == name)
+        .unwrap_or_else(|| panic!("no {kind:?} span {name:?} from {service} in:\n{}", names(spans)))
+}
+
+fn names(spans: &[SpanRecord]) -> String {
+    spans.iter().map(|s| format!("{} {:?} {} {:?}\n", s.service, s.kind, s.name, s.status)).collect()
+}
+
+fn parent_of<'a>(spans: &'a [SpanRecord], span: &SpanRecord) -> &'a SpanRecord {
+    let parent = span.parent_span_id.as_deref().unwrap_or_else(|| panic!("{} has no parent", span.name));
+    spans.iter().find(|s| s.span_id == parent).unwrap_or_else(|| panic!("parent of {} is missing", span.name))
+}
+
+/// True when `ancestor` is on `span`'s parent chain.
+fn descends_from(spans: &[SpanRecord], span: &SpanRecord, ancestor: &SpanRecord) -> bool {
+    let mut current = span;
+    while let Some(parent) = current.parent_span_id.as_deref() {
+        if parent == ancestor.span_id {
+            return true;
+        }
+        match spans.iter().find(|s| s.span_id == parent) {
+            Some(next) => current = next,
+            None => return false,
+        }
+    }
+    false
+}
+
+fn assert_no_secrets(spans: &[SpanRecord]) {
+    let text = serde_json::to_string(spans).unwrap();
+    for secret in [CARD_OK, CARD_DECLINED, EMAIL, "carol.customer"] {
+        assert!(!text.contains(secret), "a span carries {secret:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_confirmed_order_is_one_trace_across_all_seven_services() {
+    let system = TestSystem::start().await.expect("system start");
+    let (status, body, traceresponse) =
+        post_order(&system, order_body("alice", &[("KB-001", 2), ("MS-002", 1)], CARD_OK), None).await;
+    assert_eq!(status, 201, "{body}\n{}", system.logs());
+    assert_eq!(body["status"], "confirmed");
+    assert_eq!(body["total_cents"], 2 * 8900 + 2900);
+    let trace_id = body["trace_id"].as_str().unwrap().to_string();
+    assert!(traceresponse.unwrap().contains(&trace_id));
+    let order_id: uuid::Uuid = body["order_id"].as_str().unwrap().parse().unwrap();
+
+    // The order reads back through the API.
+    let fetched: Value =
+        reqwest::get(format!("{}/v1/orders/{order_id}", system.gateway_url)).await.unwrap().json().await.unwrap();
+    assert_eq!(fetched["status"], "confirmed");
+
+    // Each schema holds its effect.
+    let pool = &system.db.pool;
+    let (on_hand, reserved, sold): (i32, i32, i32) =
+        sqlx::query_as("SELECT on_hand, reserved, sold FROM inventory.products WHERE sku = 'KB-001'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((on_hand, reserved, sold), (100_000 - 2, 0, 2));
+    let (last4, payment_status): (String, String) =
+        sqlx::query_as("SELECT card_last4, status FROM payment.payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((last4.as_str(), payment_status.as_str()), ("4242", "approved"));
+    let stored = sqlx::query_scalar::<_, String>("SELECT row_to_json(p)::text FROM payment.payments p")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(stored.iter().all(|row| !row.contains(CARD_OK)));
+    assert_eq!(
+        eventually(
+            &system,
+            "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty.accruals WHERE order_id = $1",
+            order_id,
+            207
+        )
+        .await,
+        207
+    );
+    assert_eq!(
+        eventually(&system, "SELECT COUNT(*) FROM notification.emails WHERE order_id = $1 AND kind = 'confirmation' AND status = 'sent'", order_id, 1).await,
+        1
+    );
+    assert_eq!(
+        eventually(
+            &system,
+            "SELECT COUNT(*) FROM analytics.order_events WHERE order_id = $1 AND kind = 'confirmed'",
+            order_id,
+            1
+        )
+        .await,
+        1
+    );
+    let mails: Vec<_> = std::fs::read_dir(&system.mail_dir).unwrap().flatten().collect();
+    assert_eq!(mails.len(), 1, "one .eml file");
+    let mail = std::fs::read_to_string(mails[0].path()).unwrap();
+    assert!(mail.contains(EMAIL) && mail.contains(&order_id.to_string()));
+
+    // The trace, read back from the span feed.
+    let spans = read_trace(&system, &trace_id, |spans| {
+        spans.iter().filter(|s| s.kind == SpanKind::Consumer).count() >= 3 && services(spans).len() == 7
+    })
+    .await;
+    assert_eq!(
+        services(&spans),
+        BTreeSet::from(["analytics", "gateway", "inventory", "loyalty", "notification", "order", "payment"]),
+        "{}",
+        names(&spans)
+    );
+    assert!(spans.iter().all(|s| s.trace_id == trace_id));
+    assert_no_secrets(&spans);
+
+    let root = find(&spans, "gateway", SpanKind::Server, "POST /v1/orders");
+    assert_eq!(root.parent_span_id, None);
+    assert_eq!(root.attributes["http.response.status_code"], json!(201));
+    let place_client = find(&spans, "gateway", SpanKind::Client, "send svc.order.place");
+    assert_eq!(parent_of(&spans, place_client).span_id, root.span_id);
+    let place_server = find(&spans, "order", SpanKind::Server, "process svc.order.place");
+    assert_eq!(parent_of(&spans, place_server).span_id, place_client.span_id);
+    for (subject, service) in [
+        ("svc.inventory.reserve", "inventory"),
+        ("svc.payment.charge", "payment"),
+        ("svc.inventory.commit", "inventory"),
+    ] {
+        let client = find(&spans, "order", SpanKind::Client, &format!("send {subject}"));
+        assert!(descends_from(&spans, client, place_server));
+        let server = find(&spans, service, SpanKind::Server, &format!("process {subject}"));
+        assert_eq!(parent_of(&spans, server).span_id, client.span_id);
+        assert_eq!(server.attributes["messaging.system"], "nats");
+    }
+    let producer = find(&spans, "order", SpanKind::Producer, "publish orders.confirmed");
+    assert!(descends_from(&spans, producer, place_server), "the producer belongs to the order's trace");
+    let event_id = producer.attr_str("messaging.message.id").unwrap_or_else(|| panic!("{producer:?}")).to_string();
+    for consumer_service in ["loyalty", "notification", "analytics"] {
+        let consumer = find(&spans, consumer_service, SpanKind::Consumer, "process orders.confirmed");
+        assert_eq!(consumer.parent_span_id.as_deref(), Some(producer.span_id.as_str()));
+        assert!(consumer.links.iter().any(|l| l.span_id == producer.span_id && l.trace_id == trace_id));
+        assert_eq!(consumer.attr_str("messaging.consumer.group.name"), Some(consumer_service));
+        assert_eq!(consumer.attr_str("messaging.message.id"), Some(event_id.as_str()));
+        assert_eq!(consumer.attributes["messaging.nats.message.delivery_count"], json!(1));
+        assert!(consumer.attributes["messaging.message.body.size"].as_i64().unwrap() > 0);
+        assert_eq!(consumer.status, SpanStatus::Unset, "{consumer:?}");
+    }
+    for sql_service in ["inventory", "order", "payment", "loyalty", "notification", "analytics"] {
+        assert!(
+            spans.iter().any(|s| s.service == sql_service
+                && s.kind == SpanKind::Client
+                && s.attr_str("db.system.name") == Some("postgresql")),
+            "no SQL span from {sql_service}"
+        );
+    }
+    assert!(spans.iter().all(|s| s.status != SpanStatus::Error), "{}", names(&spans));
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_the_order_releases_stock_and_tells_notification_and_analytics() {
+    let system = TestSystem::start().await.expect("system start");
+    let (status, body, _) = post_order(&system, order_body("bob", &[("LMP-006", 3)], CARD_DECLINED), None).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "payment_declined");
+    assert_eq!(body["order"]["status"], "failed");
+    let order_id: uuid::Uuid = body["order"]["order_id"].as_str().unwrap().parse().unwrap();
+    let trace_id = body["trace_id"].as_str().unwrap().to_string();
+
+    let pool = &system.db.pool;
+    let (on_hand, reserved, sold): (i32, i32, i32) =
+        sqlx::query_as("SELECT on_hand, reserved, sold FROM inventory.products WHERE sku = 'LMP-006'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((on_hand, reserved, sold), (30_000, 0, 0), "stock released");
+    let state: String = sqlx::query_scalar("SELECT state FROM inventory.reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "released");
+    let payment: String = sqlx::query_scalar("SELECT status FROM payment.payments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(payment, "declined");
+    assert_eq!(
+        eventually(
+            &system,
+            "SELECT COUNT(*) FROM notification.emails WHERE order_id = $1 AND kind = 'failure'",
+            order_id,
+            1
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        eventually(
+            &system,
+            "SELECT COUNT(*) FROM analytics.order_events WHERE order_id = $1 AND kind = 'failed'",
+            order_id,
+            1
+        )
+        .await,
+        1
+    );
+    let accruals: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM loyalty.accruals WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(accruals, 0, "loyalty only accrues for confirmed orders");
+
+    let spans =
+        read_trace(&system, &trace_id, |spans| spans.iter().filter(|s| s.kind == SpanKind::Consumer).count() >= 2)
+            .await;
+    assert_no_secrets(&spans);
+    let charge = find(&spans, "payment", SpanKind::Server, "process svc.payment.charge");
+    assert_eq!(charge.status, SpanStatus::Error);
+    assert_eq!(charge.attr_str("error.type"), Some("payment_declined"));
+    assert!(charge.events.iter().any(|e| e.name == "exception"), "an exception event on the failed span");
+    let place = find(&spans, "order", SpanKind::Server, "process svc.order.place");
+    assert_eq!(place.status, SpanStatus::Error);
+    find(&spans, "order", SpanKind::Client, "send svc.inventory.release");
+    let producer = find(&spans, "order", SpanKind::Producer, "publish orders.failed");
+    for consumer_service in ["notification", "analytics"] {
+        let consumer = find(&spans, consumer_service, SpanKind::Consumer, "process orders.failed");
+        assert_eq!(consumer.parent_span_id.as_deref(), Some(producer.span_id.as_str()));
+    }
+    assert!(!spans.iter().any(|s| s.service == "loyalty"), "loyalty does not consume orders.failed");
+}
+
+#[tokio::test]
+async fn out_of_stock_is_409_and_writes_nothing_while_traceparent_is_continued_or_ignored() {
+    let system = TestSystem::start().await.expect("system start");
+    let pool = &system.db.pool;
+
+    let (status, body, _) = post_order(&system, order_body("dave", &[("LTD-007", 5)], CARD_OK), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "out_of_stock");
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ordering.orders").fetch_one(pool).await.unwrap();
+    let on_hand: i32 = sqlx::query_scalar("SELECT on_hand FROM inventory.products WHERE sku = 'LTD-007'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!((orders, on_hand), (0, 3), "nothing written");
+
+    // A well-formed traceparent is continued.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = format!("00-{caller_trace}-00f067aa0ba902b7-01");
+    let (status, body, _) = post_order(&system, order_body("erin", &[("CB-004", 1)], CARD_OK), Some(&caller)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["trace_id"], caller_trace);
+    let spans = read_trace(&system, caller_trace, |spans| spans.iter().any(|s| s.service == "gateway")).await;
+    let root = find(&spans, "gateway", SpanKind::Server, "POST /v1/orders");
+    assert_eq!(root.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+
+    // A garbage one is ignored: a new trace starts, and the order goes through.
+    for garbage in ["garbage", "00-4bf92f3577b34da6a3ce929d0e0e4736-zzzz-01", "00-1-2-01", &"0".repeat(5000)] {
+        let (status, body, _) =
+            post_order(&system, order_body("frank", &[("CB-004", 1)], CARD_OK), Some(garbage)).await;
+        assert_eq!(status, 201, "{body}");
+        let trace_id = body["trace_id"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32);
+        assert_ne!(trace_id, caller_trace);
+        assert_ne!(trace_id, "0".repeat(32));
+    }
+}

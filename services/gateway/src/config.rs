@@ -1,0 +1,29 @@
+//! The gateway's configuration, read from the environment.
+
+use std::time::Duration;
+
+use tracehop_service::{BaseConfig, env_millis, env_or};
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub base: BaseConfig,
+    /// `GATEWAY_ADDR`: where HTTP is served.
+    pub addr: String,
+    /// `GATEWAY_ORDER_TIMEOUT_MS`: the deadline of a checkout.
+    pub order_timeout: Duration,
+    /// `GATEWAY_READ_TIMEOUT_MS`: the deadline of a read.
+    pub read_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the configuration; defaults work on a developer machine.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            base: BaseConfig::from_env()?,
+            addr: env_or("GATEWAY_ADDR", "127.0.0.1:8080".to_string())?,
+            order_timeout: env_millis("GATEWAY_ORDER_TIMEOUT_MS", Duration::from_secs(10))?,
+            read_timeout: env_millis("GATEWAY_READ_TIMEOUT_MS", Duration::from_secs(3))?,
+        })
+    }
+}

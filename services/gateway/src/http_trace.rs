@@ -1,0 +1,74 @@
+//! The HTTP server span of every request, and the W3C `traceresponse`
+//! header on every response.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
+use tracehop_messaging::headers::extract_with;
+use tracehop_telemetry::record_failure;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+struct HttpHeaders<'a>(&'a HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+/// Runs the request in a SERVER span `<METHOD> <route>` that continues the
+/// caller's trace when its `traceparent` is well formed, and answers with the
+/// `traceresponse` header.
+pub async fn trace_request(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_string());
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{method} {}", route.as_deref().unwrap_or("")).trim_end(),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route.as_deref().unwrap_or(""),
+        url.path = %request.uri().path(),
+        url.scheme = "http",
+        network.protocol.version = ?request.version(),
+        http.request.body.size = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let _ = span.set_parent(extract_with(&HttpHeaders(request.headers())));
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+
+    let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    // Per the HTTP conventions a server span fails on 5xx only: a 4xx is the
+    // client's mistake, and is visible as the status code.
+    if status.is_server_error() {
+        record_failure(&span, status.as_str(), status.canonical_reason().unwrap_or("server error"));
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        let value = format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert("traceresponse", value);
+        }
+    }
+    response
+}

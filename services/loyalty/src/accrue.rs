@@ -1,0 +1,250 @@
+//! The `orders.confirmed` handler: prices a premium order's items through
+//! inventory, then records the accrual and adds the points in one
+//! transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tracehop_db::traced;
+use tracehop_messaging::async_nats::Client;
+use tracehop_messaging::{Delivery, ProcessError, RequestError, request};
+use tracehop_proto::subjects;
+use tracehop_proto::v1::{GetPricesReply, GetPricesRequest, OrderEvent, OrderStatus, PricedItem};
+use tracing::field::Empty;
+use uuid::Uuid;
+
+use crate::config::Pricing;
+use crate::points::{Tier, premium_points, standard_points};
+
+/// Why an event did not accrue. Messages are free of personal data: they
+/// end up on spans.
+#[derive(Debug, thiserror::Error)]
+pub enum AccrueError {
+    /// The event can never accrue (a malformed id, an unknown status).
+    #[error("{0}")]
+    Invalid(String),
+    /// A statement failed; its own span holds the details. The database's
+    /// message is left out, as it may quote values.
+    #[error("a database statement failed ({})", describe_sqlx(.0))]
+    Database(#[from] sqlx::Error),
+    /// Inventory did not price the items.
+    #[error("failed to price the items: {0}")]
+    Pricing(#[from] RequestError),
+    /// Inventory answered, but without this SKU's price.
+    #[error("inventory returned no price for sku {0}")]
+    MissingPrice(String),
+}
+
+impl From<AccrueError> for ProcessError {
+    fn from(error: AccrueError) -> Self {
+        match error {
+            AccrueError::Invalid(reason) => ProcessError::Reject(reason),
+            // The database or inventory may be back on the next delivery.
+            other => ProcessError::Retry(other.to_string()),
+        }
+    }
+}
+
+fn describe_sqlx(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db_error) => match db_error.code() {
+            Some(code) => format!("sqlstate {code}"),
+            None => "database error".to_string(),
+        },
+        sqlx::Error::PoolTimedOut => "no connection available".to_string(),
+        sqlx::Error::PoolClosed => "pool closed".to_string(),
+        sqlx::Error::Io(error) => format!("i/o: {}", error.kind()),
+        _ => "unexpected error".to_string(),
+    }
+}
+
+fn parse_uuid(field: &str, value: &str) -> Result<Uuid, AccrueError> {
+    Uuid::parse_str(value).map_err(|_| AccrueError::Invalid(format!("{field} is not a UUID")))
+}
+
+/// The handler's shared state: the pool, the NATS connection for price
+/// requests, and how to price.
+#[derive(Clone, Debug)]
+pub struct Accrual {
+    pool: PgPool,
+    nats: Client,
+    pricing: Pricing,
+    price_timeout: Duration,
+}
+
+impl Accrual {
+    pub fn new(pool: PgPool, nats: Client, pricing: Pricing, price_timeout: Duration) -> Self {
+        Self { pool, nats, pricing, price_timeout }
+    }
+
+    /// Handles one delivery: a malformed event is rejected, a database or
+    /// pricing failure retried.
+    pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
+        self.accrue(&delivery.event).await.map_err(ProcessError::from)
+    }
+
+    /// Accrues the event's points once. The kind of customer, the pricing
+    /// mode and the points go on the span: they explain both the number and
+    /// the price requests beneath it.
+    #[tracing::instrument(
+        name = "accrue points",
+        skip_all,
+        fields(
+            order.id = %event.order_id,
+            loyalty.tier = Empty,
+            loyalty.pricing = Empty,
+            loyalty.points = Empty,
+            loyalty.duplicate = Empty,
+        ),
+        err
+    )]
+    pub async fn accrue(&self, event: &OrderEvent) -> Result<(), AccrueError> {
+        let span = tracing::Span::current();
+        let event_id = parse_uuid("event_id", &event.event_id)?;
+        let order_id = parse_uuid("order_id", &event.order_id)?;
+        // The status decides, not the subject: it is part of the payload
+        // that the event id dedupes, so a replay is judged the same way.
+        match OrderStatus::try_from(event.status) {
+            Ok(OrderStatus::Confirmed) => {}
+            Ok(OrderStatus::Failed) => {
+                // Not expected on orders.confirmed; a failed order earns
+                // nothing, so there is nothing to do.
+                tracing::debug!("order not confirmed, no points");
+                return Ok(());
+            }
+            _ => {
+                return Err(AccrueError::Invalid(format!("status {} is neither confirmed nor failed", event.status)));
+            }
+        }
+        if event.customer_id.is_empty() {
+            return Err(AccrueError::Invalid("customer_id is empty".to_string()));
+        }
+
+        // Only saves work (price requests) on a redelivery; the insert
+        // below is what guarantees at most one accrual.
+        if self.already_accrued(event_id).await? {
+            span.record("loyalty.duplicate", true);
+            return Ok(());
+        }
+        let tier = self.tier(&event.customer_id).await?;
+        span.record("loyalty.tier", tier.as_str());
+        let points = match tier {
+            Tier::Standard => standard_points(event.total_cents),
+            Tier::Premium => {
+                span.record("loyalty.pricing", self.pricing.as_str());
+                let prices = self.unit_prices(&event.items).await?;
+                let lines = event
+                    .items
+                    .iter()
+                    .map(|item| match prices.get(&item.sku) {
+                        Some(price) => Ok((*price, item.quantity)),
+                        None => Err(AccrueError::MissingPrice(item.sku.clone())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                premium_points(lines)
+            }
+        };
+        span.record("loyalty.points", points);
+        let inserted = self.record(event_id, order_id, &event.customer_id, points).await?;
+        span.record("loyalty.duplicate", !inserted);
+        Ok(())
+    }
+
+    /// Unit prices of the items, from inventory: one request per item, or
+    /// one for all, as configured.
+    async fn unit_prices(&self, items: &[PricedItem]) -> Result<HashMap<String, i64>, AccrueError> {
+        let mut prices = HashMap::with_capacity(items.len());
+        match self.pricing {
+            Pricing::PerItem => {
+                for item in items {
+                    prices.extend(self.ask_prices(vec![item.sku.clone()]).await?);
+                }
+            }
+            Pricing::Batch => {
+                let skus: BTreeSet<&String> = items.iter().map(|item| &item.sku).collect();
+                if !skus.is_empty() {
+                    prices.extend(self.ask_prices(skus.into_iter().cloned().collect()).await?);
+                }
+            }
+        }
+        Ok(prices)
+    }
+
+    async fn ask_prices(&self, skus: Vec<String>) -> Result<HashMap<String, i64>, RequestError> {
+        let reply: GetPricesReply =
+            request(&self.nats, subjects::INVENTORY_PRICES, &GetPricesRequest { skus }, self.price_timeout).await?;
+        Ok(reply.unit_price_cents)
+    }
+
+    async fn already_accrued(&self, event_id: Uuid) -> Result<bool, sqlx::Error> {
+        traced(
+            "SELECT",
+            "loyalty.accruals",
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM loyalty.accruals WHERE event_id = $1)")
+                .bind(event_id)
+                .fetch_one(&self.pool),
+        )
+        .await
+    }
+
+    /// The customer's tier; a customer without an account is standard.
+    async fn tier(&self, customer_id: &str) -> Result<Tier, sqlx::Error> {
+        let tier: Option<String> = traced(
+            "SELECT",
+            "loyalty.accounts",
+            sqlx::query_scalar("SELECT tier FROM loyalty.accounts WHERE customer_id = $1")
+                .bind(customer_id)
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        Ok(tier.as_deref().map(Tier::from_db).unwrap_or_default())
+    }
+
+    /// Records the accrual and adds the points, in one transaction; returns
+    /// false, changing nothing, when the event had already accrued.
+    async fn record(
+        &self,
+        event_id: Uuid,
+        order_id: Uuid,
+        customer_id: &str,
+        points: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = traced(
+            "INSERT",
+            "loyalty.accruals",
+            sqlx::query(
+                "INSERT INTO loyalty.accruals (event_id, order_id, customer_id, points)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(event_id)
+            .bind(order_id)
+            .bind(customer_id)
+            .bind(points)
+            .execute(&mut *tx),
+        )
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            // Dropping the transaction rolls it back; it wrote nothing.
+            return Ok(false);
+        }
+        traced(
+            "INSERT",
+            "loyalty.accounts",
+            sqlx::query(
+                "INSERT INTO loyalty.accounts (customer_id, tier, points) VALUES ($1, 'standard', $2)
+                 ON CONFLICT (customer_id)
+                 DO UPDATE SET points = loyalty.accounts.points + EXCLUDED.points, updated_at = now()",
+            )
+            .bind(customer_id)
+            .bind(points)
+            .execute(&mut *tx),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,242 @@
+//! The order service's SQL: orders, their lines and the outbox.
+
+use prost::{Message as _, Name as _};
+use sqlx::PgPool;
+use tracehop_db::traced;
+use tracehop_messaging::headers::StoredContext;
+use tracehop_proto::subjects;
+use tracehop_proto::v1::{ErrorCode, LineItem, Order, OrderEvent, OrderStatus, PricedItem};
+use uuid::Uuid;
+
+/// An order as first written, before stock and payment are settled.
+#[derive(Clone, Debug)]
+pub struct NewOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub items: Vec<LineItem>,
+    /// Personal data: stored for the notification event, never logged.
+    pub email: Option<String>,
+    pub trace_id: String,
+}
+
+/// How an order ends.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Confirmed,
+    Failed { code: ErrorCode, reason: String },
+}
+
+/// SQL access to the `ordering` schema.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+type OrderRow = (Uuid, String, String, i64, Option<i32>, Option<String>, i64);
+
+const ORDER_COLUMNS: &str = "order_id, customer_id, status, total_cents, failure_code, failure_reason,
+     (EXTRACT(EPOCH FROM created_at) * 1000)::bigint";
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Writes the order as `pending`, with its lines.
+    pub async fn insert_pending(&self, order: &NewOrder) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        traced(
+            "INSERT",
+            "ordering.orders",
+            sqlx::query(
+                "INSERT INTO ordering.orders (order_id, customer_id, status, email, trace_id)
+                 VALUES ($1, $2, 'pending', $3, $4)",
+            )
+            .bind(order.order_id)
+            .bind(&order.customer_id)
+            .bind(&order.email)
+            .bind(&order.trace_id)
+            .execute(&mut *tx),
+        )
+        .await?;
+        traced(
+            "INSERT",
+            "ordering.order_items",
+            sqlx::query(
+                "INSERT INTO ordering.order_items (order_id, sku, quantity)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::int[])",
+            )
+            .bind(order.order_id)
+            .bind(order.items.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
+            .bind(order.items.iter().map(|i| i.quantity as i32).collect::<Vec<_>>())
+            .execute(&mut *tx),
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Removes a pending order that was rejected before anything was
+    /// reserved or charged, so that a rejected request leaves nothing behind.
+    pub async fn delete_pending(&self, order_id: Uuid) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        traced(
+            "DELETE",
+            "ordering.order_items",
+            sqlx::query(
+                "DELETE FROM ordering.order_items WHERE order_id = $1
+                 AND EXISTS (SELECT 1 FROM ordering.orders WHERE order_id = $1 AND status = 'pending')",
+            )
+            .bind(order_id)
+            .execute(&mut *tx),
+        )
+        .await?;
+        traced(
+            "DELETE",
+            "ordering.orders",
+            sqlx::query("DELETE FROM ordering.orders WHERE order_id = $1 AND status = 'pending'")
+                .bind(order_id)
+                .execute(&mut *tx),
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Records the order's fate and, in the same transaction, its event in
+    /// the outbox together with `context` (the trace the event belongs to).
+    /// An order already decided is returned as it is, with no second event.
+    pub async fn decide(
+        &self,
+        order_id: Uuid,
+        decision: &Decision,
+        priced: &[PricedItem],
+        context: &StoredContext,
+    ) -> Result<Order, sqlx::Error> {
+        let total: i64 = priced.iter().map(|i| i.unit_price_cents * i64::from(i.quantity)).sum();
+        let (status, code, reason) = match decision {
+            Decision::Confirmed => ("confirmed", None, None),
+            Decision::Failed { code, reason } => ("failed", Some(*code as i32), Some(reason.as_str())),
+        };
+        let mut tx = self.pool.begin().await?;
+        let decided: Option<(String, Option<String>)> = traced(
+            "UPDATE",
+            "ordering.orders",
+            sqlx::query_as(
+                "UPDATE ordering.orders SET status = $2, total_cents = $3, failure_code = $4, failure_reason = $5,
+                        updated_at = now()
+                 WHERE order_id = $1 AND status = 'pending' RETURNING customer_id, email",
+            )
+            .bind(order_id)
+            .bind(status)
+            .bind(total)
+            .bind(code)
+            .bind(reason)
+            .fetch_optional(&mut *tx),
+        )
+        .await?;
+        let Some((customer_id, email)) = decided else {
+            tx.rollback().await?;
+            return self.get(order_id).await?.ok_or(sqlx::Error::RowNotFound);
+        };
+        if !priced.is_empty() {
+            traced(
+                "UPDATE",
+                "ordering.order_items",
+                sqlx::query(
+                    "UPDATE ordering.order_items o SET unit_price_cents = p.price
+                     FROM UNNEST($2::text[], $3::bigint[]) AS p(sku, price)
+                     WHERE o.order_id = $1 AND o.sku = p.sku",
+                )
+                .bind(order_id)
+                .bind(priced.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
+                .bind(priced.iter().map(|i| i.unit_price_cents).collect::<Vec<_>>())
+                .execute(&mut *tx),
+            )
+            .await?;
+        }
+        let event_id = Uuid::now_v7();
+        let event = OrderEvent {
+            event_id: event_id.to_string(),
+            order_id: order_id.to_string(),
+            customer_id,
+            status: if matches!(decision, Decision::Confirmed) { OrderStatus::Confirmed } else { OrderStatus::Failed }
+                as i32,
+            items: priced.to_vec(),
+            total_cents: total,
+            failure_reason: reason.unwrap_or_default().to_string(),
+            email: email.unwrap_or_default(),
+            occurred_at_unix_ms: now_unix_ms(),
+        };
+        let subject = match decision {
+            Decision::Confirmed => subjects::ORDER_CONFIRMED,
+            Decision::Failed { .. } => subjects::ORDER_FAILED,
+        };
+        traced(
+            "INSERT",
+            "ordering.outbox",
+            sqlx::query(
+                "INSERT INTO ordering.outbox (event_id, subject, payload_type, payload, traceparent, tracestate)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(event_id)
+            .bind(subject)
+            .bind(OrderEvent::full_name())
+            .bind(event.encode_to_vec())
+            .bind(&context.traceparent)
+            .bind(&context.tracestate)
+            .execute(&mut *tx),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get(order_id).await?.ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// The order with its lines, if it exists.
+    pub async fn get(&self, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+        let row: Option<OrderRow> = traced(
+            "SELECT",
+            "ordering.orders",
+            sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM ordering.orders WHERE order_id = $1"))
+                .bind(order_id)
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        let Some((order_id, customer_id, status, total_cents, failure_code, failure_reason, created_at)) = row else {
+            return Ok(None);
+        };
+        let items: Vec<(String, i32, i64)> = traced(
+            "SELECT",
+            "ordering.order_items",
+            sqlx::query_as(
+                "SELECT sku, quantity, unit_price_cents FROM ordering.order_items WHERE order_id = $1 ORDER BY sku",
+            )
+            .bind(order_id)
+            .fetch_all(&self.pool),
+        )
+        .await?;
+        Ok(Some(Order {
+            order_id: order_id.to_string(),
+            customer_id,
+            status: match status.as_str() {
+                "confirmed" => OrderStatus::Confirmed,
+                "failed" => OrderStatus::Failed,
+                _ => OrderStatus::Pending,
+            } as i32,
+            items: items
+                .into_iter()
+                .map(|(sku, quantity, unit_price_cents)| PricedItem {
+                    sku,
+                    quantity: quantity as u32,
+                    unit_price_cents,
+                })
+                .collect(),
+            total_cents,
+            failure_reason: failure_reason.unwrap_or_default(),
+            failure_code: failure_code.unwrap_or_default(),
+            created_at_unix_ms: created_at,
+        }))
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}

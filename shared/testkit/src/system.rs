@@ -1,0 +1,137 @@
+//! The whole system for one test: its own NATS server, its own database,
+//! every service as its own process.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use tempfile::TempDir;
+use tracehop_launcher::{Launcher, SERVICES, StopMode};
+
+use crate::{NatsServer, TestDatabase};
+
+/// Every service running against a private NATS server and database.
+pub struct TestSystem {
+    pub nats_server: NatsServer,
+    pub db: TestDatabase,
+    /// A client of the test's NATS server.
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub gateway_url: String,
+    /// Where notification writes its `.eml` files.
+    pub mail_dir: PathBuf,
+    pub launcher: Launcher,
+    run_dir: TempDir,
+    children: Vec<(String, Child)>,
+}
+
+impl TestSystem {
+    /// Starts everything with the default settings and waits until every
+    /// service answers.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`TestSystem::start`], with extra environment variables for
+    /// every service (`PAYMENT_LATENCY_MS`, ...).
+    pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let nats_server = NatsServer::start()?;
+        let db = TestDatabase::create().await?;
+        let nats = tracehop_messaging::connect(&nats_server.url(), "tracehop-test").await?;
+        tracehop_launcher::prepare(&nats, &db.url()).await?;
+        let run_dir = tempfile::Builder::new().prefix("tracehop-run-").tempdir()?;
+        let mail_dir = run_dir.path().join("mail");
+        let gateway_addr = format!("127.0.0.1:{}", crate::free_port());
+        let mut launcher = Launcher::new(tracehop_launcher::default_bin_dir()?, run_dir.path().to_path_buf())
+            .with_env("NATS_URL", nats_server.url())
+            .with_env("DATABASE_URL", db.url())
+            .with_env("GATEWAY_ADDR", &gateway_addr)
+            .with_env("NOTIFICATION_MAIL_DIR", mail_dir.to_string_lossy())
+            .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+            .with_env("RUST_LOG", "info");
+        for (name, value) in env {
+            launcher = launcher.with_env(*name, *value);
+        }
+        launcher.check_binaries()?;
+        let mut system = Self {
+            nats_server,
+            db,
+            js: jetstream::new(nats.clone()),
+            nats,
+            gateway_url: format!("http://{gateway_addr}"),
+            mail_dir,
+            launcher,
+            run_dir,
+            children: Vec::new(),
+        };
+        for service in SERVICES {
+            system.start_service(service)?;
+        }
+        system.wait_ready(&SERVICES).await?;
+        Ok(system)
+    }
+
+    /// Starts one service (again).
+    pub fn start_service(&mut self, service: &str) -> anyhow::Result<()> {
+        let child = self.launcher.start(service)?;
+        self.children.push((service.to_string(), child));
+        Ok(())
+    }
+
+    /// Kills one service with SIGKILL, as a crash would.
+    pub fn kill_service(&mut self, service: &str) -> anyhow::Result<()> {
+        self.launcher.stop(service, StopMode::Kill)?;
+        self.reap();
+        Ok(())
+    }
+
+    /// Stops one service with SIGTERM and waits for it to drain.
+    pub fn stop_service(&mut self, service: &str) -> anyhow::Result<()> {
+        self.launcher.stop(service, StopMode::Graceful(Duration::from_secs(15)))?;
+        self.reap();
+        Ok(())
+    }
+
+    /// Waits until `services` answer.
+    pub async fn wait_ready(&self, services: &[&str]) -> anyhow::Result<()> {
+        let gateway_addr = self.gateway_url.trim_start_matches("http://").to_string();
+        tracehop_launcher::wait_ready(&self.nats, services, &gateway_addr, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("the system did not get ready; logs:\n{}", self.logs()))
+    }
+
+    /// Every service's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        SERVICES
+            .iter()
+            .map(|service| {
+                let log = std::fs::read_to_string(self.launcher.log_path(service)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {service} ---\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The folder with pid files and logs.
+    pub fn run_dir(&self) -> &std::path::Path {
+        self.run_dir.path()
+    }
+
+    fn reap(&mut self) {
+        self.children.retain_mut(|(_, child)| !matches!(child.try_wait(), Ok(Some(_))));
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
