@@ -113,6 +113,7 @@ mod tests {
             items: vec![LineItem { sku: "KB-001".into(), quantity: 1 }],
             card: Some(Card { number: "4242 4242 4242 4242".into(), ..Default::default() }),
             email: "alice@example.com".into(),
+            idempotency_key: String::new(),
         }
     }
 

@@ -68,6 +68,7 @@ pub fn parse_order(body: &[u8]) -> Result<v1::PlaceOrderRequest, FieldError> {
         items,
         card: Some(v1::Card { number: parsed.card.number, expiry: parsed.card.expiry, cvv: parsed.card.cvv }),
         email: parsed.email.unwrap_or_default(),
+        idempotency_key: String::new(),
     };
     request.validate()?;
     Ok(request)

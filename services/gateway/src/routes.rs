@@ -18,7 +18,11 @@ use crate::AppState;
 use crate::api::{OrderView, parse_order};
 use crate::error::ApiError;
 
-/// `POST /v1/orders`.
+/// Longest `Idempotency-Key` header accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// `POST /v1/orders`. With an `Idempotency-Key` header, a retry gets the
+/// first answer back and concurrent duplicates create one order.
 pub async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -39,7 +43,19 @@ pub async fn place_order(
             ApiError::InvalidRequest(FieldError { field: "body".into(), message: "could not be read".into() })
         }
     })?;
-    let order_request = parse_order(&body)?;
+    let mut order_request = parse_order(&body)?;
+    if let Some(key) = headers.get("idempotency-key") {
+        order_request.idempotency_key = key
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN)
+            .ok_or_else(|| FieldError {
+                field: "Idempotency-Key".into(),
+                message: format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            })?
+            .to_string();
+    }
     let reply: PlaceOrderReply =
         request_reply(&state.nats, subjects::ORDER_PLACE, &order_request, state.order_timeout).await?;
     let order = reply.order.map(OrderView::from);

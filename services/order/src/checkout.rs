@@ -1,11 +1,15 @@
 //! The order handlers: `svc.order.place` (checkout) and `svc.order.get`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 use tracehop_db::wire_error;
 use tracehop_messaging::headers::StoredContext;
 use tracehop_messaging::{self as messaging, RequestError};
+use tracehop_proto::Reply as _;
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{
     ChargeReply, ChargeRequest, CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetOrderReply,
@@ -13,11 +17,16 @@ use tracehop_proto::v1::{
     ReserveStockReply, ReserveStockRequest,
 };
 use tracehop_telemetry::{current_trace_id, record_failure};
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
+use crate::breaker::{CircuitBreaker, Permit};
 use crate::config::Config;
-use crate::store::{Decision, NewOrder, Store};
+use crate::store::{Decision, KeyClaim, NewOrder, Store};
+
+/// Longest Idempotency-Key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// The handlers' shared state.
 #[derive(Clone)]
@@ -27,6 +36,8 @@ pub struct Orders {
     config: Config,
     /// Wakes the relay as soon as an event is in the outbox.
     outbox_written: Arc<Notify>,
+    /// Guards the calls to payment.
+    payment_breaker: Arc<CircuitBreaker>,
 }
 
 fn db(error: sqlx::Error) -> WireError {
@@ -35,19 +46,74 @@ fn db(error: sqlx::Error) -> WireError {
 
 impl Orders {
     pub fn new(store: Store, nats: async_nats::Client, config: Config, outbox_written: Arc<Notify>) -> Self {
-        Self { store, nats, config, outbox_written }
+        let payment_breaker = Arc::new(CircuitBreaker::new(config.breaker_failures, config.breaker_open_for));
+        Self { store, nats, config, outbox_written, payment_breaker }
     }
 
     /// Checkout. Answers once the order is decided: with the confirmed order,
-    /// or with an error and (when one was created) the failed order.
+    /// or with an error and (when one was created) the failed order. With an
+    /// Idempotency-Key, a retry gets the first answer back, and concurrent
+    /// duplicates create one order.
     #[tracing::instrument(
         name = "place order",
         skip_all,
-        fields(order.id = tracing::field::Empty, customer.id = %request.customer_id, order.item_count = request.items.len() as i64),
+        fields(
+            order.id = tracing::field::Empty,
+            customer.id = %request.customer_id,
+            order.item_count = request.items.len() as i64,
+            order.idempotency_key_present = !request.idempotency_key.is_empty(),
+            order.idempotent_replay = tracing::field::Empty,
+        ),
         err(Debug)
     )]
     pub async fn place(self, request: PlaceOrderRequest) -> Result<PlaceOrderReply, WireError> {
         request.validate().map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))?;
+        let key = request.idempotency_key.clone();
+        if key.is_empty() {
+            return self.checkout(request).await;
+        }
+        if key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            ));
+        }
+        let customer = request.customer_id.clone();
+        let hash = fingerprint(&request);
+        let deadline = tokio::time::Instant::now() + self.config.pending_timeout.min(Duration::from_secs(10));
+        loop {
+            match self.store.claim_key(&customer, &key, &hash).await.map_err(db)? {
+                KeyClaim::Claimed => {
+                    let reply = self.checkout(request).await.unwrap_or_else(PlaceOrderReply::from_error);
+                    self.store.save_reply(&customer, &key, &reply.encode_to_vec()).await.map_err(db)?;
+                    return Ok(reply);
+                }
+                KeyClaim::Replay(bytes) => {
+                    tracing::Span::current().record("order.idempotent_replay", true);
+                    return PlaceOrderReply::decode(bytes.as_slice())
+                        .map_err(|_| WireError::new(ErrorCode::Internal, "internal error"));
+                }
+                KeyClaim::Mismatch => {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidArgument,
+                        "Idempotency-Key was already used for a different request",
+                    ));
+                }
+                KeyClaim::InProgress if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                KeyClaim::InProgress => {
+                    return Err(WireError::new(
+                        ErrorCode::Unavailable,
+                        "a request with this Idempotency-Key is still in progress; retry later",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The checkout itself.
+    async fn checkout(&self, request: PlaceOrderRequest) -> Result<PlaceOrderReply, WireError> {
         let order_id = Uuid::now_v7();
         tracing::Span::current().record("order.id", order_id.to_string());
         let context = StoredContext::of(&tracing::Span::current().context());
@@ -57,6 +123,7 @@ impl Orders {
             items: request.items.clone(),
             email: Some(request.email.clone()).filter(|email| !email.is_empty()),
             trace_id: current_trace_id(),
+            traceparent: context.traceparent.clone(),
         };
         self.store.insert_pending(&order).await.map_err(db)?;
 
@@ -89,30 +156,82 @@ impl Orders {
             }
         };
 
-        let charge = messaging::request::<_, ChargeReply>(
-            &self.nats,
-            subjects::PAYMENT_CHARGE,
-            &ChargeRequest {
-                order_id: order_id.to_string(),
-                amount_cents: reserved.total_cents,
-                card: request.card.clone(),
-            },
-            self.config.payment_timeout,
-        )
-        .await;
-        if let Err(error) = charge {
+        if let Err((code, reason)) = self.charge(order_id, reserved.total_cents, &request).await {
             self.release(order_id).await;
-            let (code, reason) = match &error {
-                RequestError::Remote(wire) => (wire.kind(), wire.message.clone()),
-                other => (ErrorCode::Unavailable, format!("payment failed: {other}")),
-            };
             return self.fail(order_id, &reserved.items, code, reason, &context).await;
         }
 
         // The order is paid: it is confirmed even if the commit does not
-        // answer now; the reservation still holds the stock and the commit is
-        // idempotent, so it can be repeated later.
-        if let Err(error) = messaging::request::<_, CommitStockReply>(
+        // answer now; the reservation still holds the stock, and the resolver
+        // repeats the (idempotent) commit later.
+        let committed = self.commit(order_id).await;
+        let order = self
+            .store
+            .decide(order_id, &Decision::Confirmed, &reserved.items, committed, &context)
+            .await
+            .map_err(db)?;
+        self.outbox_written.notify_one();
+        Ok(PlaceOrderReply { error: None, order: Some(order) })
+    }
+
+    /// Charges through the circuit breaker. The error is the order's failure
+    /// code and reason.
+    async fn charge(
+        &self,
+        order_id: Uuid,
+        amount_cents: i64,
+        request: &PlaceOrderRequest,
+    ) -> Result<ChargeReply, (ErrorCode, String)> {
+        let permit = self.payment_breaker.permit();
+        let span = tracing::info_span!(
+            "call payment",
+            otel.kind = "internal",
+            payment.circuit_breaker.state = self.payment_breaker.state().as_str(),
+            payment.circuit_breaker.trial = permit == Permit::Trial,
+            payment.circuit_breaker.state_after = tracing::field::Empty,
+        );
+        if permit == Permit::Reject {
+            let reason = "payment is unavailable (circuit breaker open); the card was not charged".to_string();
+            record_failure(&span, "circuit_open", &reason);
+            return Err((ErrorCode::Unavailable, reason));
+        }
+        let result = messaging::request::<_, ChargeReply>(
+            &self.nats,
+            subjects::PAYMENT_CHARGE,
+            &ChargeRequest { order_id: order_id.to_string(), amount_cents, card: request.card.clone() },
+            self.config.payment_timeout,
+        )
+        .instrument(span.clone())
+        .await;
+        let unavailable = match &result {
+            Ok(_) => false,
+            Err(RequestError::Remote(error)) => {
+                matches!(error.kind(), ErrorCode::PaymentFailed | ErrorCode::Unavailable)
+            }
+            Err(_) => true,
+        };
+        let state = self.payment_breaker.record(permit, !unavailable);
+        span.record("payment.circuit_breaker.state_after", state.as_str());
+        result.map_err(|error| {
+            let failure = match &error {
+                RequestError::Remote(wire) => (wire.kind(), wire.message.clone()),
+                RequestError::NoResponders { .. } => {
+                    (ErrorCode::Unavailable, "payment is not running; the card was not charged".to_string())
+                }
+                RequestError::TimedOut { timeout, .. } => (
+                    ErrorCode::Unavailable,
+                    format!("payment did not answer within {timeout:?}; any charge made will be refunded"),
+                ),
+                other => (ErrorCode::Unavailable, format!("payment failed: {other}")),
+            };
+            record_failure(&span, error.error_type(), &failure.1);
+            failure
+        })
+    }
+
+    /// Commits the reservation; false when inventory did not confirm.
+    pub(crate) async fn commit(&self, order_id: Uuid) -> bool {
+        match messaging::request::<_, CommitStockReply>(
             &self.nats,
             subjects::INVENTORY_COMMIT,
             &CommitStockRequest { order_id: order_id.to_string() },
@@ -120,11 +239,12 @@ impl Orders {
         )
         .await
         {
-            tracing::warn!(order.id = %order_id, error = %error, "stock commit failed; reservation left in place");
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(order.id = %order_id, error = %error, "stock commit failed; the resolver will repeat it");
+                false
+            }
         }
-        let order = self.store.decide(order_id, &Decision::Confirmed, &reserved.items, &context).await.map_err(db)?;
-        self.outbox_written.notify_one();
-        Ok(PlaceOrderReply { error: None, order: Some(order) })
     }
 
     /// Reads one order.
@@ -140,7 +260,7 @@ impl Orders {
 
     /// Fails the order (and writes `orders.failed`), answering with the
     /// failed order and the reason.
-    async fn fail(
+    pub(crate) async fn fail(
         &self,
         order_id: Uuid,
         priced: &[PricedItem],
@@ -150,16 +270,16 @@ impl Orders {
     ) -> Result<PlaceOrderReply, WireError> {
         record_failure(&tracing::Span::current(), code.short_name(), &reason);
         let decision = Decision::Failed { code, reason: reason.clone() };
-        let order = self.store.decide(order_id, &decision, priced, context).await.map_err(db)?;
+        let order = self.store.decide(order_id, &decision, priced, false, context).await.map_err(db)?;
         self.outbox_written.notify_one();
         Ok(PlaceOrderReply { error: Some(WireError::new(code, reason)), order: Some(order) })
     }
 
     /// Gives the order's reserved stock back. A failure is logged and traced
-    /// but does not change the answer: release is idempotent and can be
-    /// repeated.
-    async fn release(&self, order_id: Uuid) {
-        if let Err(error) = messaging::request::<_, ReleaseStockReply>(
+    /// but does not change the answer: release is idempotent, and the
+    /// resolver repeats it for orders it fails.
+    pub(crate) async fn release(&self, order_id: Uuid) -> bool {
+        match messaging::request::<_, ReleaseStockReply>(
             &self.nats,
             subjects::INVENTORY_RELEASE,
             &ReleaseStockRequest { order_id: order_id.to_string() },
@@ -167,7 +287,24 @@ impl Orders {
         )
         .await
         {
-            tracing::warn!(order.id = %order_id, error = %error, "stock release failed");
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(order.id = %order_id, error = %error, "stock release failed");
+                false
+            }
         }
     }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// A fingerprint of what was asked, to tell a retry from a different request
+/// that reuses a key. Hashed, so no card number is stored.
+fn fingerprint(request: &PlaceOrderRequest) -> String {
+    let mut canonical = request.clone();
+    canonical.idempotency_key.clear();
+    let digest = Sha256::digest(canonical.encode_to_vec());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

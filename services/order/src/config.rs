@@ -17,6 +17,16 @@ pub struct Config {
     pub outbox_poll_interval: Duration,
     /// `ORDER_DB_CONNECTIONS`: the pool size.
     pub max_connections: u32,
+    /// `ORDER_BREAKER_FAILURES`: payment failures in a row that open the breaker.
+    pub breaker_failures: u32,
+    /// `ORDER_BREAKER_OPEN_MS`: how long the breaker stays open before a trial call.
+    pub breaker_open_for: Duration,
+    /// `ORDER_RESOLVER_INTERVAL_MS`: how often interrupted checkouts are looked for.
+    pub resolver_interval: Duration,
+    /// `ORDER_PENDING_TIMEOUT_MS`: a checkout still pending after this long was
+    /// interrupted (a crash) and is failed by the resolver. Longer than the
+    /// longest checkout: reserve + charge + commit timeouts.
+    pub pending_timeout: Duration,
 }
 
 impl Config {
@@ -28,6 +38,10 @@ impl Config {
             payment_timeout: env_millis("ORDER_PAYMENT_TIMEOUT_MS", Duration::from_secs(3))?,
             outbox_poll_interval: env_millis("ORDER_OUTBOX_POLL_MS", Duration::from_millis(500))?,
             max_connections: env_or("ORDER_DB_CONNECTIONS", 10)?,
+            breaker_failures: env_or("ORDER_BREAKER_FAILURES", 5)?,
+            breaker_open_for: env_millis("ORDER_BREAKER_OPEN_MS", Duration::from_secs(10))?,
+            resolver_interval: env_millis("ORDER_RESOLVER_INTERVAL_MS", Duration::from_secs(5))?,
+            pending_timeout: env_millis("ORDER_PENDING_TIMEOUT_MS", Duration::from_secs(60))?,
         })
     }
 }

@@ -13,12 +13,17 @@
 //! [`relay`] publishes it to JetStream, so an event is never lost nor sent for
 //! an order that was not decided.
 //!
+//! Payment is called through a circuit breaker ([`breaker`]); a crash in the
+//! middle of a checkout is finished by the [`resolver`].
+//!
 //! Modules: [`config`], [`checkout`] (the handlers), [`store`] (SQL),
-//! [`relay`] (outbox to JetStream).
+//! [`relay`] (outbox to JetStream), [`breaker`], [`resolver`].
 
+pub mod breaker;
 pub mod checkout;
 pub mod config;
 pub mod relay;
+pub mod resolver;
 pub mod store;
 
 pub use config::Config;
@@ -48,7 +53,11 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let relay = relay::Relay::new(pool.clone(), js, config.outbox_poll_interval, outbox_written);
     tokio::try_join!(
         responder.serve(subjects::ORDER_PLACE, orders.clone(), checkout::Orders::place),
-        responder.serve(subjects::ORDER_GET, orders, checkout::Orders::get),
+        responder.serve(subjects::ORDER_GET, orders.clone(), checkout::Orders::get),
+        async {
+            resolver::run(orders, config.resolver_interval, config.pending_timeout, runtime.shutdown.clone()).await;
+            Ok(())
+        },
         async {
             relay.run(runtime.shutdown.clone()).await;
             Ok(())

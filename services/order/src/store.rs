@@ -17,6 +17,8 @@ pub struct NewOrder {
     /// Personal data: stored for the notification event, never logged.
     pub email: Option<String>,
     pub trace_id: String,
+    /// The checkout's W3C context, for work done later for this order.
+    pub traceparent: Option<String>,
 }
 
 /// How an order ends.
@@ -49,13 +51,14 @@ impl Store {
             "INSERT",
             "ordering.orders",
             sqlx::query(
-                "INSERT INTO ordering.orders (order_id, customer_id, status, email, trace_id)
-                 VALUES ($1, $2, 'pending', $3, $4)",
+                "INSERT INTO ordering.orders (order_id, customer_id, status, email, trace_id, traceparent)
+                 VALUES ($1, $2, 'pending', $3, $4, $5)",
             )
             .bind(order.order_id)
             .bind(&order.customer_id)
             .bind(&order.email)
             .bind(&order.trace_id)
+            .bind(&order.traceparent)
             .execute(&mut *tx),
         )
         .await?;
@@ -104,11 +107,13 @@ impl Store {
     /// Records the order's fate and, in the same transaction, its event in
     /// the outbox together with `context` (the trace the event belongs to).
     /// An order already decided is returned as it is, with no second event.
+    /// `stock_committed` says whether inventory already confirmed the sale.
     pub async fn decide(
         &self,
         order_id: Uuid,
         decision: &Decision,
         priced: &[PricedItem],
+        stock_committed: bool,
         context: &StoredContext,
     ) -> Result<Order, sqlx::Error> {
         let total: i64 = priced.iter().map(|i| i.unit_price_cents * i64::from(i.quantity)).sum();
@@ -122,7 +127,7 @@ impl Store {
             "ordering.orders",
             sqlx::query_as(
                 "UPDATE ordering.orders SET status = $2, total_cents = $3, failure_code = $4, failure_reason = $5,
-                        updated_at = now()
+                        stock_committed = $6, updated_at = now()
                  WHERE order_id = $1 AND status = 'pending' RETURNING customer_id, email",
             )
             .bind(order_id)
@@ -130,6 +135,7 @@ impl Store {
             .bind(total)
             .bind(code)
             .bind(reason)
+            .bind(stock_committed)
             .fetch_optional(&mut *tx),
         )
         .await?;
@@ -234,6 +240,120 @@ impl Store {
             failure_code: failure_code.unwrap_or_default(),
             created_at_unix_ms: created_at,
         }))
+    }
+}
+
+/// What the idempotency table says about a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is new and now ours: run the checkout, then save the reply.
+    Claimed,
+    /// The first request with this key was answered with this (encoded) reply.
+    Replay(Vec<u8>),
+    /// The first request with this key is still running.
+    InProgress,
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+impl Store {
+    /// Claims `key` for `customer_id` and a request whose fingerprint is
+    /// `request_hash`, or says who has it. The insert is the arbiter:
+    /// concurrent duplicates race on the primary key and exactly one wins.
+    pub async fn claim_key(&self, customer_id: &str, key: &str, request_hash: &str) -> Result<KeyClaim, sqlx::Error> {
+        let inserted = traced(
+            "INSERT",
+            "ordering.idempotency_keys",
+            sqlx::query(
+                "INSERT INTO ordering.idempotency_keys (customer_id, key, request_hash) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(customer_id)
+            .bind(key)
+            .bind(request_hash)
+            .execute(&self.pool),
+        )
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(KeyClaim::Claimed);
+        }
+        let (hash, reply): (String, Option<Vec<u8>>) = traced(
+            "SELECT",
+            "ordering.idempotency_keys",
+            sqlx::query_as(
+                "SELECT request_hash, reply FROM ordering.idempotency_keys WHERE customer_id = $1 AND key = $2",
+            )
+            .bind(customer_id)
+            .bind(key)
+            .fetch_one(&self.pool),
+        )
+        .await?;
+        Ok(match reply {
+            _ if hash != request_hash => KeyClaim::Mismatch,
+            Some(reply) => KeyClaim::Replay(reply),
+            None => KeyClaim::InProgress,
+        })
+    }
+
+    /// Saves the answer every retry with this key gets.
+    pub async fn save_reply(&self, customer_id: &str, key: &str, reply: &[u8]) -> Result<(), sqlx::Error> {
+        traced(
+            "UPDATE",
+            "ordering.idempotency_keys",
+            sqlx::query("UPDATE ordering.idempotency_keys SET reply = $3 WHERE customer_id = $1 AND key = $2")
+                .bind(customer_id)
+                .bind(key)
+                .bind(reply)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Checkouts still pending after `older_than`: interrupted by a crash.
+    /// Each comes with the context of its checkout.
+    pub async fn interrupted(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<(Uuid, StoredContext)>, sqlx::Error> {
+        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT order_id, traceparent FROM ordering.orders
+             WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 100",
+        )
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, traceparent)| (id, StoredContext { traceparent, tracestate: None })).collect())
+    }
+
+    /// Confirmed orders whose stock commit did not get through.
+    pub async fn uncommitted(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<(Uuid, StoredContext)>, sqlx::Error> {
+        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT order_id, traceparent FROM ordering.orders
+             WHERE status = 'confirmed' AND NOT stock_committed AND updated_at < now() - make_interval(secs => $1)
+             ORDER BY updated_at LIMIT 100",
+        )
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, traceparent)| (id, StoredContext { traceparent, tracestate: None })).collect())
+    }
+
+    /// Records that inventory confirmed the sale.
+    pub async fn mark_committed(&self, order_id: Uuid) -> Result<(), sqlx::Error> {
+        traced(
+            "UPDATE",
+            "ordering.orders",
+            sqlx::query("UPDATE ordering.orders SET stock_committed = true WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -69,7 +69,7 @@ impl Processor {
     }
 
     async fn stored(&self, order_id: Uuid) -> Result<Option<Result<ChargeReply, WireError>>, WireError> {
-        let row: Option<(Uuid, String, String, Option<String>)> = traced(
+        let row: Option<(Uuid, Option<String>, String, Option<String>)> = traced(
             "SELECT",
             "payment.payments",
             sqlx::query_as(
@@ -82,12 +82,14 @@ impl Processor {
         .map_err(|e| wire_error(&e))?;
         Ok(row.map(|(payment_id, card_last4, status, reason)| {
             tracing::Span::current().record("payment.status", status.as_str());
-            if status == "approved" {
+            if status == "voided" || status == "refunded" {
+                Err(WireError::new(ErrorCode::PaymentDeclined, "payment declined: the order was cancelled"))
+            } else if status == "approved" {
                 Ok(ChargeReply {
                     error: None,
                     payment_id: payment_id.to_string(),
                     status: PaymentStatus::Approved as i32,
-                    card_last4,
+                    card_last4: card_last4.unwrap_or_default(),
                 })
             } else {
                 Err(WireError::new(

@@ -6,16 +6,21 @@
 //! Only the card's last four digits are stored; the number, expiry and CVV
 //! are never stored, logged or traced.
 //!
+//! It also consumes `orders.failed` ([`settle`]): a failed order's charge is
+//! refunded, or voided before it can happen, so that an order never fails
+//! with the customer charged.
+//!
 //! Modules: [`config`] (environment), [`card`] (card parsing and the test
-//! cards), [`charge`] (the handler and its SQL).
+//! cards), [`charge`] (the handler and its SQL), [`settle`].
 
 pub mod card;
 pub mod charge;
 pub mod config;
+pub mod settle;
 
 pub use config::Config;
 
-use tracehop_messaging::Responder;
+use tracehop_messaging::{Responder, run_consumer, topology};
 use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
@@ -26,8 +31,22 @@ pub const SERVICE: &str = "payment";
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections).await?;
     let processor = charge::Processor::new(pool.clone(), config.latency);
-    let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown);
-    responder.serve(subjects::PAYMENT_CHARGE, processor, charge::Processor::charge).await?;
+    let settlement = settle::Settlement::new(pool.clone());
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
+    tokio::try_join!(
+        async {
+            responder
+                .serve(subjects::PAYMENT_CHARGE, processor, charge::Processor::charge)
+                .await
+                .map_err(anyhow::Error::from)
+        },
+        async {
+            run_consumer(js, topology::payment_consumer(), |delivery| settlement.settle(delivery), runtime.shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        },
+    )?;
     pool.close().await;
     Ok(())
 }

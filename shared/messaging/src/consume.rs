@@ -32,14 +32,25 @@ pub struct ConsumerSpec {
     pub filter_subjects: Vec<String>,
     /// How long the server waits for an ack before it redelivers.
     pub ack_wait: Duration,
-    /// Deliveries before the server gives up on a message for this consumer.
+    /// Deliveries before the consumer gives up on a message and dead-letters it.
     pub max_deliver: i64,
+    /// Redelivery delays after an ack timeout (a consumer that died with the
+    /// message in hand); the first one replaces `ack_wait`.
+    pub backoff: Vec<Duration>,
 }
 
 impl ConsumerSpec {
-    /// A spec with the defaults: 10 s ack wait, 5 deliveries.
+    /// A spec with the defaults: 5 deliveries; after a crash, redelivery in
+    /// 10 s, then 20 s, 30 s and 60 s.
     pub fn new(stream: &'static str, durable: &'static str, filter_subjects: Vec<String>) -> Self {
-        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5 }
+        Self {
+            stream,
+            durable,
+            filter_subjects,
+            ack_wait: Duration::from_secs(10),
+            max_deliver: 5,
+            backoff: [10, 20, 30, 60].into_iter().map(Duration::from_secs).collect(),
+        }
     }
 
     /// The server-side configuration. No `inactive_threshold`: the server
@@ -58,6 +69,7 @@ impl ConsumerSpec {
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
+            backoff: self.backoff.clone(),
             deliver_policy: consumer::DeliverPolicy::All,
             max_ack_pending: 1000,
             ..Default::default()
@@ -103,10 +115,13 @@ pub enum ProcessError {
     /// A passing failure (database down): the message is delivered again later.
     #[error("{0}")]
     Retry(String),
-    /// The message can never succeed: it is terminated, not retried.
+    /// The message can never succeed: it is dead-lettered at once, not retried.
     #[error("{0}")]
     Reject(String),
 }
+
+/// Largest event payload a consumer decodes; a bigger one is dead-lettered.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 /// Processes the deliveries of `spec`'s durable consumer with `handler`, one
 /// at a time in stream order, until `shutdown` fires; the message in hand is
@@ -153,7 +168,7 @@ where
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => process(&spec, message, &handler).await,
+                Some(Ok(message)) => process(&js, &spec, message, &handler).await,
                 Some(Err(error)) => {
                     // Missed heartbeats and the like: the stream recovers by itself.
                     tracing::debug!(consumer = spec.durable, %error, "pull stream reported an error");
@@ -172,7 +187,7 @@ async fn pause(shutdown: &CancellationToken) {
     }
 }
 
-async fn process<E, H, Fut>(spec: &ConsumerSpec, message: jetstream::Message, handler: &H)
+async fn process<E, H, Fut>(js: &jetstream::Context, spec: &ConsumerSpec, message: jetstream::Message, handler: &H)
 where
     E: prost::Message + Name + Default,
     H: Fn(Delivery<E>) -> Fut,
@@ -203,6 +218,9 @@ where
 
     let expected_type = E::full_name();
     let decoded = match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
+        _ if message.payload.len() > MAX_EVENT_BYTES => {
+            Err(format!("payload of {} bytes is over the limit of {MAX_EVENT_BYTES}", message.payload.len()))
+        }
         Some(actual) if actual != expected_type => Err(format!("payload type {actual} is not {expected_type}")),
         _ => E::decode(message.payload.as_ref()).map_err(|_| format!("payload is not a valid {expected_type}")),
     };
@@ -213,15 +231,27 @@ where
         }
         Err(reason) => Err(ProcessError::Reject(reason)),
     };
+    let last_attempt = delivery_count >= spec.max_deliver;
     let ack = match &outcome {
         Ok(()) => AckKind::Ack,
-        Err(ProcessError::Retry(reason)) => {
+        Err(ProcessError::Retry(reason)) if !last_attempt => {
             record_failure(&span, "retry", reason);
             AckKind::Nak(Some(spec.retry_delay(delivery_count)))
         }
-        Err(ProcessError::Reject(reason)) => {
-            record_failure(&span, "rejected", reason);
-            AckKind::Term
+        Err(error) => {
+            let (error_type, reason) = match error {
+                ProcessError::Reject(reason) => ("rejected", reason.clone()),
+                ProcessError::Retry(reason) => {
+                    ("max_deliveries", format!("gave up after {delivery_count} deliveries: {reason}"))
+                }
+            };
+            record_failure(&span, error_type, &reason);
+            match dead_letter(js, spec, &message, &reason).instrument(span.clone()).await {
+                // Stored in the dead-letter stream: this consumer is done with it.
+                Ok(()) => AckKind::Term,
+                // Not stored: keep it in this stream, to be tried again.
+                Err(_) => AckKind::Nak(Some(spec.retry_delay(delivery_count))),
+            }
         }
     };
     if let Err(error) = message.ack_with(ack).instrument(span.clone()).await {
@@ -229,4 +259,71 @@ where
         // makes that harmless.
         tracing::warn!(parent: &span, consumer = spec.durable, %error, "failed to acknowledge a delivery");
     }
+}
+
+/// Publishes `message` to the dead-letter stream with its original headers
+/// (the producer's trace context included) plus the reason, in a PRODUCER
+/// span `dead-letter <subject>` with status ERROR, child of the current
+/// consumer span and so part of the event's original trace.
+async fn dead_letter(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    message: &jetstream::Message,
+    reason: &str,
+) -> Result<(), crate::PublishError> {
+    let info = message.info().ok();
+    let sequence = info.as_ref().map_or(0, |info| info.stream_sequence);
+    let delivered = info.as_ref().map_or(1, |info| info.delivered);
+    let subject = crate::topology::dead_letter_subject(spec.durable);
+    let span = tracing::info_span!(
+        "nats.dead_letter",
+        otel.name = %format!("dead-letter {}", message.subject),
+        otel.kind = "producer",
+        messaging.system = spans::SYSTEM,
+        messaging.operation.type = "send",
+        messaging.operation.name = "dead_letter",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = spec.durable,
+        messaging.nats.message.delivery_count = delivered,
+        messaging.nats.stream.sequence = sequence as i64,
+        tracehop.dead_letter.reason = %reason,
+    );
+    record_failure(&span, "dead_letter", reason);
+    let mut dead = message.headers.clone().unwrap_or_default();
+    let original_id = headers::get(message.headers.as_ref(), MESSAGE_ID).unwrap_or_default().to_string();
+    let header = |value: &str| {
+        <async_nats::header::HeaderValue as std::str::FromStr>::from_str(&value.replace(['\r', '\n'], " ")).ok()
+    };
+    for (name, value) in [
+        (headers::DEAD_LETTER_REASON, header(reason)),
+        (headers::DEAD_LETTER_CONSUMER, header(spec.durable)),
+        (headers::ORIGINAL_SUBJECT, header(message.subject.as_str())),
+        (headers::ORIGINAL_SEQUENCE, header(&sequence.to_string())),
+        (headers::ORIGINAL_MESSAGE_ID, header(&original_id)),
+        (headers::DELIVERY_COUNT, header(&delivered.to_string())),
+        // One dead letter per consumer and stream position, however often
+        // this is retried.
+        (MESSAGE_ID, header(&format!("{}-{}-{sequence}", spec.stream, spec.durable))),
+    ] {
+        if let Some(value) = value {
+            dead.insert(name, value);
+        }
+    }
+    let result = async {
+        let ack = js.publish_with_headers(subject.clone(), dead, message.payload.clone()).await.map_err(|e| {
+            crate::PublishError::Send { subject: subject.clone(), event_id: original_id.clone(), reason: e.to_string() }
+        })?;
+        ack.await.map_err(|e| crate::PublishError::Ack {
+            subject: subject.clone(),
+            event_id: original_id.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &result {
+        tracing::error!(parent: &span, consumer = spec.durable, error = %error, "failed to store a dead letter; it stays in the stream");
+    }
+    result
 }

@@ -16,6 +16,19 @@ pub const MESSAGE_ID: &str = "Nats-Msg-Id";
 /// The fully qualified protobuf type of the payload (`tracehop.v1.OrderEvent`).
 pub const PAYLOAD_TYPE: &str = "Tracehop-Payload-Type";
 
+/// On a dead letter: why the consumer gave up.
+pub const DEAD_LETTER_REASON: &str = "Tracehop-Dead-Letter-Reason";
+/// On a dead letter: the consumer that gave up.
+pub const DEAD_LETTER_CONSUMER: &str = "Tracehop-Dead-Letter-Consumer";
+/// On a dead letter: the subject the message was first published on.
+pub const ORIGINAL_SUBJECT: &str = "Tracehop-Original-Subject";
+/// On a dead letter: its sequence in the original stream.
+pub const ORIGINAL_SEQUENCE: &str = "Tracehop-Original-Sequence";
+/// On a dead letter: the original `Nats-Msg-Id`.
+pub const ORIGINAL_MESSAGE_ID: &str = "Tracehop-Original-Msg-Id";
+/// On a dead letter: how many times it was delivered.
+pub const DELIVERY_COUNT: &str = "Tracehop-Delivery-Count";
+
 /// Marks a readiness probe: a responder answers it at once, without a span
 /// and without calling its handler.
 pub const PROBE: &str = "Tracehop-Probe";

@@ -29,6 +29,29 @@ pub fn orders_stream_config() -> stream::Config {
     }
 }
 
+/// The stream of messages that consumers gave up on, with their reasons.
+pub const DEAD_LETTER_STREAM: &str = "DEADLETTER";
+
+/// The subject a consumer's dead letters go to.
+pub fn dead_letter_subject(consumer: &str) -> String {
+    format!("deadletter.{consumer}")
+}
+
+/// DEADLETTER: file storage, kept a month: a dead letter waits for a fix and
+/// a redrive.
+pub fn dead_letter_stream_config() -> stream::Config {
+    stream::Config {
+        name: DEAD_LETTER_STREAM.to_string(),
+        description: Some("tracehop dead letters: original headers and payload, plus the reason".to_string()),
+        subjects: vec!["deadletter.>".to_string()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..Default::default()
+    }
+}
+
 /// Loyalty accrues points for confirmed orders only.
 pub fn loyalty_consumer() -> ConsumerSpec {
     ConsumerSpec::new(ORDERS_STREAM, "loyalty", vec![subjects::ORDER_CONFIRMED.to_string()])
@@ -44,9 +67,15 @@ pub fn analytics_consumer() -> ConsumerSpec {
     ConsumerSpec::new(ORDERS_STREAM, "analytics", vec!["orders.>".to_string()])
 }
 
+/// Payment voids or refunds the charge of every failed order, so that a
+/// charge whose outcome was unknown when the order failed is settled.
+pub fn payment_consumer() -> ConsumerSpec {
+    ConsumerSpec::new(ORDERS_STREAM, "payment", vec![subjects::ORDER_FAILED.to_string()])
+}
+
 /// Every consumer that must process the order events.
 pub fn expected_consumers() -> Vec<ConsumerSpec> {
-    vec![loyalty_consumer(), notification_consumer(), analytics_consumer()]
+    vec![loyalty_consumer(), notification_consumer(), analytics_consumer(), payment_consumer()]
 }
 
 /// Creates or updates the ORDERS stream.
@@ -54,7 +83,8 @@ pub async fn ensure_orders_stream(js: &jetstream::Context) -> Result<(), jetstre
     js.create_or_update_stream(orders_stream_config()).await.map(|_| ())
 }
 
-/// Creates the ORDERS stream and every expected durable consumer.
+/// Creates the ORDERS and DEADLETTER streams and every expected durable
+/// consumer.
 pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
     ensure_orders_stream(js)
         .await
