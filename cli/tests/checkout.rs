@@ -2,98 +2,14 @@
 //! server and a fresh database; orders through the gateway's HTTP API; the
 //! effects read back by SQL and the traces read back from the span feed.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::time::Duration;
 
+use common::*;
 use serde_json::{Value, json};
-use tracehop_spanfeed::{SpanKind, SpanRecord, SpanStatus, wait_for_settled_trace, wait_for_trace};
+use tracehop_spanfeed::{SpanKind, SpanStatus};
 use tracehop_testkit::TestSystem;
-
-const CARD_OK: &str = "4242424242424242";
-const CARD_DECLINED: &str = "4000000000000002";
-const EMAIL: &str = "carol.customer@example.com";
-
-async fn post_order(system: &TestSystem, body: Value, traceparent: Option<&str>) -> (u16, Value, Option<String>) {
-    let mut request = reqwest::Client::new().post(format!("{}/v1/orders", system.gateway_url)).json(&body);
-    if let Some(traceparent) = traceparent {
-        request = request.header("traceparent", traceparent);
-    }
-    let response = request.send().await.expect("gateway unreachable");
-    let status = response.status().as_u16();
-    let traceresponse = response.headers().get("traceresponse").map(|v| v.to_str().unwrap().to_string());
-    (status, response.json().await.unwrap_or(Value::Null), traceresponse)
-}
-
-fn order_body(customer: &str, items: &[(&str, i64)], card: &str) -> Value {
-    json!({
-        "customer_id": customer,
-        "items": items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
-        "card": {"number": card, "expiry": "12/34", "cvv": "123"},
-        "email": EMAIL,
-    })
-}
-
-/// Polls `query` (one i64) until it equals `expected` or 20 s pass.
-async fn eventually(system: &TestSystem, query: &str, order_id: uuid::Uuid, expected: i64) -> i64 {
-    let mut value = -1;
-    for _ in 0..200 {
-        value = sqlx::query_scalar(query).bind(order_id).fetch_one(&system.db.pool).await.unwrap();
-        if value == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    value
-}
-
-/// Waits until `done` holds for the trace, then until it has not grown for a
-/// second (services export in batches, each on its own clock).
-async fn read_trace(system: &TestSystem, trace_id: &str, done: impl FnMut(&[SpanRecord]) -> bool) -> Vec<SpanRecord> {
-    wait_for_trace(&system.js, trace_id, Duration::from_secs(20), done).await.unwrap();
-    wait_for_settled_trace(&system.js, trace_id, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap()
-}
-
-fn services(spans: &[SpanRecord]) -> BTreeSet<&str> {
-    spans.iter().map(|s| s.service.as_str()).collect()
-}
-
-fn find<'a>(spans: &'a [SpanRecord], service: &str, kind: SpanKind, name: &str) -> &'a SpanRecord {
-    spans
-        .iter()
-        .find(|s| s.service == service && s.kind == kind && s.name == name)
-        .unwrap_or_else(|| panic!("no {kind:?} span {name:?} from {service} in:\n{}", names(spans)))
-}
-
-fn names(spans: &[SpanRecord]) -> String {
-    spans.iter().map(|s| format!("{} {:?} {} {:?}\n", s.service, s.kind, s.name, s.status)).collect()
-}
-
-fn parent_of<'a>(spans: &'a [SpanRecord], span: &SpanRecord) -> &'a SpanRecord {
-    let parent = span.parent_span_id.as_deref().unwrap_or_else(|| panic!("{} has no parent", span.name));
-    spans.iter().find(|s| s.span_id == parent).unwrap_or_else(|| panic!("parent of {} is missing", span.name))
-}
-
-/// True when `ancestor` is on `span`'s parent chain.
-fn descends_from(spans: &[SpanRecord], span: &SpanRecord, ancestor: &SpanRecord) -> bool {
-    let mut current = span;
-    while let Some(parent) = current.parent_span_id.as_deref() {
-        if parent == ancestor.span_id {
-            return true;
-        }
-        match spans.iter().find(|s| s.span_id == parent) {
-            Some(next) => current = next,
-            None => return false,
-        }
-    }
-    false
-}
-
-fn assert_no_secrets(spans: &[SpanRecord]) {
-    let text = serde_json::to_string(spans).unwrap();
-    for secret in [CARD_OK, CARD_DECLINED, EMAIL, "carol.customer"] {
-        assert!(!text.contains(secret), "a span carries {secret:?}");
-    }
-}
 
 #[tokio::test]
 async fn a_confirmed_order_is_one_trace_across_all_seven_services() {

@@ -31,6 +31,7 @@ pub use config::Config;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracehop_messaging::Responder;
 use tracehop_proto::subjects;
 use tracehop_service::Runtime;
@@ -51,18 +52,24 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     );
     let responder = Responder::new(runtime.nats.clone(), SERVICE, runtime.shutdown.clone());
     let relay = relay::Relay::new(pool.clone(), js, config.outbox_poll_interval, outbox_written);
-    tokio::try_join!(
-        responder.serve(subjects::ORDER_PLACE, orders.clone(), checkout::Orders::place),
-        responder.serve(subjects::ORDER_GET, orders.clone(), checkout::Orders::get),
-        async {
-            resolver::run(orders, config.resolver_interval, config.pending_timeout, runtime.shutdown.clone()).await;
-            Ok(())
-        },
-        async {
-            relay.run(runtime.shutdown.clone()).await;
-            Ok(())
-        },
-    )?;
+    // The relay stops only after the responders have drained: checkouts
+    // still in flight at SIGTERM write their events, and the relay's last
+    // round publishes them.
+    let relay_stop = CancellationToken::new();
+    let serving = async {
+        let served = tokio::try_join!(
+            responder.serve(subjects::ORDER_PLACE, orders.clone(), checkout::Orders::place),
+            responder.serve(subjects::ORDER_GET, orders.clone(), checkout::Orders::get),
+            async {
+                resolver::run(orders, config.resolver_interval, config.pending_timeout, runtime.shutdown.clone()).await;
+                Ok(())
+            },
+        );
+        relay_stop.cancel();
+        served
+    };
+    let (served, ()) = tokio::join!(serving, relay.run(relay_stop.clone()));
+    served?;
     pool.close().await;
     Ok(())
 }

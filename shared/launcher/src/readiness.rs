@@ -37,9 +37,9 @@ pub async fn probe(nats: &async_nats::Client, service: &str, gateway_addr: &str)
         }
     }
     match service {
-        "loyalty" | "notification" | "analytics" => consumer_pulling(nats, service).await,
+        "loyalty" | "notification" | "analytics" | "payment" => consumer_pulling(nats, service).await,
         "gateway" => gateway_healthy(gateway_addr).await,
-        "order" | "inventory" | "payment" => true,
+        "order" | "inventory" => true,
         _ => false,
     }
 }

@@ -34,23 +34,16 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// Deliveries before the consumer gives up on a message and dead-letters it.
     pub max_deliver: i64,
-    /// Redelivery delays after an ack timeout (a consumer that died with the
-    /// message in hand); the first one replaces `ack_wait`.
-    pub backoff: Vec<Duration>,
 }
 
 impl ConsumerSpec {
-    /// A spec with the defaults: 5 deliveries; after a crash, redelivery in
-    /// 10 s, then 20 s, 30 s and 60 s.
+    /// A spec with the defaults: 5 deliveries; a consumer that dies with a
+    /// message in hand gets it back after the 10 s ack wait. Failed
+    /// deliveries back off through the nak delay ([`ConsumerSpec::retry_delay`]),
+    /// not through the server's `backoff` list: nats-server 2.9 applies that
+    /// list to explicit naks too, overriding their delay.
     pub fn new(stream: &'static str, durable: &'static str, filter_subjects: Vec<String>) -> Self {
-        Self {
-            stream,
-            durable,
-            filter_subjects,
-            ack_wait: Duration::from_secs(10),
-            max_deliver: 5,
-            backoff: [10, 20, 30, 60].into_iter().map(Duration::from_secs).collect(),
-        }
+        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5 }
     }
 
     /// The server-side configuration. No `inactive_threshold`: the server
@@ -69,7 +62,6 @@ impl ConsumerSpec {
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
-            backoff: self.backoff.clone(),
             deliver_policy: consumer::DeliverPolicy::All,
             max_ack_pending: 1000,
             ..Default::default()
@@ -90,7 +82,8 @@ impl ConsumerSpec {
         Ok(())
     }
 
-    /// The nak delay after a failed delivery: grows with the delivery count.
+    /// The nak delay after a failed delivery: 0.5 s, doubling with each
+    /// delivery (0.5, 1, 2, 4 s with the default 5 deliveries).
     pub fn retry_delay(&self, delivery_count: i64) -> Duration {
         let exponent = delivery_count.clamp(1, 6) as u32 - 1;
         Duration::from_millis(500 * 2u64.pow(exponent))

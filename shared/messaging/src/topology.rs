@@ -89,6 +89,9 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
     ensure_orders_stream(js)
         .await
         .map_err(|e| TopologyError(format!("failed to create stream {ORDERS_STREAM}: {e}")))?;
+    js.create_or_update_stream(dead_letter_stream_config())
+        .await
+        .map_err(|e| TopologyError(format!("failed to create stream {DEAD_LETTER_STREAM}: {e}")))?;
     for spec in expected_consumers() {
         spec.ensure(js).await?;
     }

@@ -6,16 +6,21 @@
 //!   migrated, dropped on drop.
 //! - [`TestSystem`]: both of the above plus every service started as its own
 //!   process from the workspace's executables, ready when it returns.
+//! - [`PostgresCluster`]: a PostgreSQL server of its own (`initdb` in a
+//!   temporary folder, a free port), for tests that restart or kill it;
+//!   stopped and removed on drop.
 //!
 //! PostgreSQL is taken from `TRACEHOP_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432`); `nats-server` from the `PATH`.
 
 mod database;
 mod nats;
+mod postgres;
 mod system;
 
 pub use database::TestDatabase;
 pub use nats::NatsServer;
+pub use postgres::PostgresCluster;
 pub use system::TestSystem;
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
