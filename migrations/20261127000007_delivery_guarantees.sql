@@ -8,6 +8,9 @@ CREATE TABLE ordering.idempotency_keys (
     customer_id   text   NOT NULL,
     key           text   NOT NULL,
     request_hash  text   NOT NULL,
+    -- The order the first request created, once it exists: a retry after
+    -- that request's process died answers from the order's final state.
+    order_id      uuid,
     reply         bytea,
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (customer_id, key)

@@ -76,7 +76,7 @@ impl PlaceOrderRequest {
                 return Err(error(format!("items[{index}].quantity"), format!("must be from 1 to {MAX_QUANTITY}")));
             }
             if !seen.insert(sku) {
-                return Err(error(format!("items[{index}].sku"), format!("{sku} appears more than once")));
+                return Err(error(format!("items[{index}].sku"), "repeats an sku of an earlier item"));
             }
         }
         let number = self.card.as_ref().map(|card| card.number.as_str()).unwrap_or_default();

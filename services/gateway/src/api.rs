@@ -49,10 +49,13 @@ impl std::fmt::Debug for CardBody {
 /// Parses and checks an order request: the JSON, then every business rule.
 pub fn parse_order(body: &[u8]) -> Result<v1::PlaceOrderRequest, FieldError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
-    let parsed: PlaceOrderBody = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let parsed: PlaceOrderBody = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
         let path = error.path().to_string();
         describe_json_error(&path, error.inner())
     })?;
+    // Anything after the document (a second object, a stray comma) makes the
+    // whole body invalid: never act on half of what was sent.
+    deserializer.end().map_err(|error| describe_json_error("", &error))?;
     let mut items = Vec::with_capacity(parsed.items.len());
     for (index, item) in parsed.items.into_iter().enumerate() {
         if !(1..=i64::from(MAX_QUANTITY)).contains(&item.quantity) {

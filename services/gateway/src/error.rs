@@ -24,6 +24,10 @@ pub enum ApiError {
     PayloadTooLarge,
     /// No such resource (404).
     NotFound(String),
+    /// The path exists, the method does not (405).
+    MethodNotAllowed,
+    /// The request ran past the gateway's deadline (504).
+    Timeout(std::time::Duration),
     /// A service answered with an error; `order` is the order it created and
     /// then failed, if any.
     Service { error: WireError, order: Option<OrderView> },
@@ -41,6 +45,11 @@ impl From<RequestError> for ApiError {
     fn from(error: RequestError) -> Self {
         match error {
             RequestError::Remote(error) => ApiError::Service { error, order: None },
+            // A service answered with something that is not its reply type:
+            // a bug, not an outage.
+            RequestError::BadReply { .. } => {
+                ApiError::Service { error: WireError::new(ErrorCode::Internal, "internal error"), order: None }
+            }
             other => ApiError::Unreachable(other),
         }
     }
@@ -81,6 +90,22 @@ impl IntoResponse for ApiError {
                 None,
             ),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, None, None),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not allowed on this path".to_string(),
+                None,
+                None,
+            ),
+            ApiError::Timeout(deadline) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "no answer within {deadline:?}; the order may still complete: retry with the same Idempotency-Key"
+                ),
+                None,
+                None,
+            ),
             ApiError::Service { error, order } => {
                 let code = error.kind();
                 let status = status_of(code);

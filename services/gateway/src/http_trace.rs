@@ -4,13 +4,17 @@
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
 use tracehop_messaging::headers::extract_with;
 use tracehop_telemetry::record_failure;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use std::time::Duration;
+
+use crate::error::ApiError;
 
 struct HttpHeaders<'a>(&'a HeaderMap);
 
@@ -26,8 +30,8 @@ impl Extractor for HttpHeaders<'_> {
 
 /// Runs the request in a SERVER span `<METHOD> <route>` that continues the
 /// caller's trace when its `traceparent` is well formed, and answers with the
-/// `traceresponse` header.
-pub async fn trace_request(request: Request, next: Next) -> Response {
+/// `traceresponse` header; past `deadline` the answer is a JSON 504.
+pub async fn trace_request(request: Request, next: Next, deadline: Duration) -> Response {
     let method = request.method().to_string();
     let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_string());
     let span = tracing::info_span!(
@@ -48,7 +52,10 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
     );
     let _ = span.set_parent(extract_with(&HttpHeaders(request.headers())));
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = match tokio::time::timeout(deadline, next.run(request).instrument(span.clone())).await {
+        Ok(response) => response,
+        Err(_) => span.in_scope(|| ApiError::Timeout(deadline).into_response()),
+    };
 
     let status = response.status();
     span.record("http.response.status_code", i64::from(status.as_u16()));

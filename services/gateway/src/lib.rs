@@ -30,7 +30,6 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use tower_http::timeout::TimeoutLayer;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
@@ -51,16 +50,18 @@ pub struct AppState {
 
 /// The HTTP application, without a socket: tests drive it with `oneshot`.
 pub fn app(state: AppState) -> Router {
-    let request_deadline = state.order_timeout + Duration::from_secs(5);
+    // The deadline is applied inside the HTTP span, so that a request that
+    // runs out of time still gets a JSON 504 with its `traceresponse`.
+    let deadline = state.order_timeout + Duration::from_secs(5);
     Router::new()
         .route("/v1/orders", post(routes::place_order))
         .route("/v1/orders/{order_id}", get(routes::get_order))
         .route("/v1/analytics/summary", get(routes::analytics_summary))
         .route("/healthz", get(routes::health))
         .fallback(routes::not_found)
-        .layer(axum::middleware::from_fn(http_trace::trace_request))
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(move |request, next| http_trace::trace_request(request, next, deadline)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(http::StatusCode::GATEWAY_TIMEOUT, request_deadline))
         .with_state(state)
 }
 

@@ -111,3 +111,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
+
+/// A known path with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

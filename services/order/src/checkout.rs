@@ -13,8 +13,8 @@ use tracehop_proto::Reply as _;
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{
     ChargeReply, ChargeRequest, CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetOrderReply,
-    GetOrderRequest, PlaceOrderReply, PlaceOrderRequest, PricedItem, ReleaseStockReply, ReleaseStockRequest,
-    ReserveStockReply, ReserveStockRequest,
+    GetOrderRequest, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem, ReleaseStockReply,
+    ReleaseStockRequest, ReserveStockReply, ReserveStockRequest,
 };
 use tracehop_telemetry::{current_trace_id, record_failure};
 use tracing::Instrument as _;
@@ -70,7 +70,7 @@ impl Orders {
         request.validate().map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))?;
         let key = request.idempotency_key.clone();
         if key.is_empty() {
-            return self.checkout(request).await;
+            return self.checkout(request, None).await;
         }
         if key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
             return Err(WireError::new(
@@ -84,8 +84,21 @@ impl Orders {
         loop {
             match self.store.claim_key(&customer, &key, &hash).await.map_err(db)? {
                 KeyClaim::Claimed => {
-                    let reply = self.checkout(request).await.unwrap_or_else(PlaceOrderReply::from_error);
-                    self.store.save_reply(&customer, &key, &reply.encode_to_vec()).await.map_err(db)?;
+                    let reply = self
+                        .checkout(request, Some((customer.as_str(), key.as_str())))
+                        .await
+                        .unwrap_or_else(PlaceOrderReply::from_error);
+                    let passing = reply.order.is_none()
+                        && reply
+                            .error()
+                            .is_some_and(|e| matches!(e.kind(), ErrorCode::Unavailable | ErrorCode::Internal));
+                    if passing {
+                        // Nothing was decided: let a retry run the checkout again
+                        // instead of replaying a passing failure forever.
+                        let _ = self.store.abandon_key(&customer, &key).await;
+                    } else {
+                        self.store.save_reply(&customer, &key, &reply.encode_to_vec()).await.map_err(db)?;
+                    }
                     return Ok(reply);
                 }
                 KeyClaim::Replay(bytes) => {
@@ -99,10 +112,30 @@ impl Orders {
                         "Idempotency-Key was already used for a different request",
                     ));
                 }
-                KeyClaim::InProgress if tokio::time::Instant::now() < deadline => {
+                // The first request's process died: answer from the order it
+                // created once the resolver has decided it, or start afresh
+                // when it died before creating one.
+                KeyClaim::InProgress { age, order_id } if age > self.config.pending_timeout => match order_id {
+                    Some(order_id) => match self.store.get(order_id).await.map_err(db)? {
+                        Some(order) if order.status != OrderStatus::Pending as i32 => {
+                            let error = (order.status == OrderStatus::Failed as i32).then(|| {
+                                WireError::new(
+                                    ErrorCode::try_from(order.failure_code).unwrap_or(ErrorCode::Unavailable),
+                                    order.failure_reason.clone(),
+                                )
+                            });
+                            let reply = PlaceOrderReply { error, order: Some(order) };
+                            self.store.save_reply(&customer, &key, &reply.encode_to_vec()).await.map_err(db)?;
+                            return Ok(reply);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    },
+                    None => self.store.abandon_key(&customer, &key).await.map_err(db)?,
+                },
+                KeyClaim::InProgress { .. } if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                KeyClaim::InProgress => {
+                KeyClaim::InProgress { .. } => {
                     return Err(WireError::new(
                         ErrorCode::Unavailable,
                         "a request with this Idempotency-Key is still in progress; retry later",
@@ -112,8 +145,12 @@ impl Orders {
         }
     }
 
-    /// The checkout itself.
-    async fn checkout(&self, request: PlaceOrderRequest) -> Result<PlaceOrderReply, WireError> {
+    /// The checkout itself; `key` is the (customer, Idempotency-Key) it runs for.
+    async fn checkout(
+        &self,
+        request: PlaceOrderRequest,
+        key: Option<(&str, &str)>,
+    ) -> Result<PlaceOrderReply, WireError> {
         let order_id = Uuid::now_v7();
         tracing::Span::current().record("order.id", order_id.to_string());
         let context = StoredContext::of(&tracing::Span::current().context());
@@ -126,6 +163,9 @@ impl Orders {
             traceparent: context.traceparent.clone(),
         };
         self.store.insert_pending(&order).await.map_err(db)?;
+        if let Some((customer, key)) = key {
+            self.store.link_key(customer, key, order_id).await.map_err(db)?;
+        }
 
         let reservation = messaging::request::<_, ReserveStockReply>(
             &self.nats,
@@ -161,16 +201,26 @@ impl Orders {
             return self.fail(order_id, &reserved.items, code, reason, &context).await;
         }
 
-        // The order is paid: it is confirmed even if the commit does not
-        // answer now; the reservation still holds the stock, and the resolver
-        // repeats the (idempotent) commit later.
-        let committed = self.commit(order_id).await;
-        let order = self
-            .store
-            .decide(order_id, &Decision::Confirmed, &reserved.items, committed, &context)
-            .await
-            .map_err(db)?;
+        // Paid: the order is confirmed first and its stock committed after,
+        // so that a crash in between leaves a confirmed order whose commit the
+        // resolver repeats, never sold stock for an order that then fails.
+        let order =
+            self.store.decide(order_id, &Decision::Confirmed, &reserved.items, false, &context).await.map_err(db)?;
         self.outbox_written.notify_one();
+        if order.status != OrderStatus::Confirmed as i32 {
+            // The resolver failed this checkout while it was stuck; payment
+            // refunds the charge when it sees the order's failure.
+            let error = WireError::new(
+                ErrorCode::try_from(order.failure_code).unwrap_or(ErrorCode::Unavailable),
+                order.failure_reason.clone(),
+            );
+            return Ok(PlaceOrderReply { error: Some(error), order: Some(order) });
+        }
+        if self.commit(order_id).await
+            && let Err(error) = self.store.mark_committed(order_id).await
+        {
+            tracing::warn!(order.id = %order_id, error = %error, "failed to record a stock commit; the resolver repeats it");
+        }
         Ok(PlaceOrderReply { error: None, order: Some(order) })
     }
 

@@ -250,8 +250,9 @@ pub enum KeyClaim {
     Claimed,
     /// The first request with this key was answered with this (encoded) reply.
     Replay(Vec<u8>),
-    /// The first request with this key is still running.
-    InProgress,
+    /// The first request with this key is still running, or died: `age` is
+    /// how long ago it started, `order_id` the order it created, if any.
+    InProgress { age: std::time::Duration, order_id: Option<Uuid> },
     /// The key was used for a different request.
     Mismatch,
 }
@@ -278,11 +279,12 @@ impl Store {
         if inserted == 1 {
             return Ok(KeyClaim::Claimed);
         }
-        let (hash, reply): (String, Option<Vec<u8>>) = traced(
+        let (hash, reply, order_id, age): (String, Option<Vec<u8>>, Option<Uuid>, f64) = traced(
             "SELECT",
             "ordering.idempotency_keys",
             sqlx::query_as(
-                "SELECT request_hash, reply FROM ordering.idempotency_keys WHERE customer_id = $1 AND key = $2",
+                "SELECT request_hash, reply, order_id, EXTRACT(EPOCH FROM now() - created_at)::float8
+                 FROM ordering.idempotency_keys WHERE customer_id = $1 AND key = $2",
             )
             .bind(customer_id)
             .bind(key)
@@ -292,8 +294,41 @@ impl Store {
         Ok(match reply {
             _ if hash != request_hash => KeyClaim::Mismatch,
             Some(reply) => KeyClaim::Replay(reply),
-            None => KeyClaim::InProgress,
+            None => KeyClaim::InProgress { age: std::time::Duration::from_secs_f64(age.max(0.0)), order_id },
         })
+    }
+
+    /// Links a claimed key to the order its request created.
+    pub async fn link_key(&self, customer_id: &str, key: &str, order_id: Uuid) -> Result<(), sqlx::Error> {
+        traced(
+            "UPDATE",
+            "ordering.idempotency_keys",
+            sqlx::query("UPDATE ordering.idempotency_keys SET order_id = $3 WHERE customer_id = $1 AND key = $2")
+                .bind(customer_id)
+                .bind(key)
+                .bind(order_id)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Gives up a key whose request died before it created an order, so that
+    /// a retry can claim it afresh.
+    pub async fn abandon_key(&self, customer_id: &str, key: &str) -> Result<(), sqlx::Error> {
+        traced(
+            "DELETE",
+            "ordering.idempotency_keys",
+            sqlx::query(
+                "DELETE FROM ordering.idempotency_keys
+                 WHERE customer_id = $1 AND key = $2 AND reply IS NULL AND order_id IS NULL",
+            )
+            .bind(customer_id)
+            .bind(key)
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Saves the answer every retry with this key gets.

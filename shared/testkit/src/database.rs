@@ -10,10 +10,18 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Creates and migrates the database.
+    /// Creates and migrates the database on the shared server
+    /// (`TRACEHOP_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432`).
     pub async fn create() -> anyhow::Result<Self> {
         let server = std::env::var("TRACEHOP_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+        Self::create_on(&server).await
+    }
+
+    /// Creates and migrates the database on `server` (a URL without a
+    /// database), such as a private [`crate::PostgresCluster`].
+    pub async fn create_on(server: &str) -> anyhow::Result<Self> {
+        let server = server.trim_end_matches('/').to_string();
         let name = format!("tracehop_test_{}", uuid::Uuid::new_v4().simple());
         let url = format!("{server}/{name}");
         tracehop_db::migrate(&url).await?;

@@ -19,7 +19,7 @@ mod postgres;
 mod system;
 
 pub use database::TestDatabase;
-pub use nats::NatsServer;
+pub use nats::{NatsServer, supports_sync_always};
 pub use postgres::PostgresCluster;
 pub use system::TestSystem;
 

@@ -24,9 +24,16 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
+        let mut command = Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(self.store.path());
+        if supports_sync_always() {
+            // Acknowledged means on disk, as in the configuration the project
+            // ships (deploy/nats-server.conf).
+            let config = self.store.path().join("sync.conf");
+            std::fs::write(&config, "jetstream { sync_interval: always }\n")?;
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -77,4 +84,18 @@ fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("nats-server did not listen on port {port} within {timeout:?}")
+}
+
+/// Whether the `nats-server` on the PATH knows `sync_interval: always`
+/// (2.10 and later); 2.9 acknowledges before its periodic fsync.
+pub fn supports_sync_always() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(output) = Command::new("nats-server").arg("--version").output() else { return false };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text.rsplit('v').next().unwrap_or_default().trim();
+        let mut parts = version.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (2, 10)
+    })
 }

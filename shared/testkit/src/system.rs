@@ -38,8 +38,13 @@ impl TestSystem {
     /// Like [`TestSystem::start`], with extra environment variables for
     /// every service (`PAYMENT_LATENCY_MS`, ...).
     pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(TestDatabase::create().await?, env).await
+    }
+
+    /// Like [`TestSystem::start_with`], on a database of the caller's (on a
+    /// private PostgreSQL server that the test restarts, say).
+    pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let nats_server = NatsServer::start()?;
-        let db = TestDatabase::create().await?;
         let nats = tracehop_messaging::connect(&nats_server.url(), "tracehop-test").await?;
         tracehop_launcher::prepare(&nats, &db.url()).await?;
         let run_dir = tempfile::Builder::new().prefix("tracehop-run-").tempdir()?;
