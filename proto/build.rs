@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect();
     files.sort();
+    // The folder too: a new .proto file changes it.
+    println!("cargo:rerun-if-changed={}", dir.display());
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

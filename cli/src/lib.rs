@@ -3,8 +3,8 @@
 //!
 //! - [`settings`]: where NATS, PostgreSQL, the gateway and the state folder
 //!   are (environment variables with developer-machine defaults).
-//! - [`commands`]: one module per subcommand (`up`, `down`, `order`,
-//!   `trace`, `watch`, `demo`).
+//! - [`commands`]: one module per subcommand (`up`, `down`, `prepare`,
+//!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`, `demo`).
 //! - [`client`]: the gateway's HTTP API as the command uses it.
 //! - [`render`]: waterfalls, watch lines and JSON for traces.
 

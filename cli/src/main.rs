@@ -24,6 +24,8 @@ enum Command {
     },
     /// Stop every service that `up` started.
     Down,
+    /// Migrations, streams and durable consumers only; no service is started.
+    Prepare,
     /// Place an order through the gateway's HTTP API.
     Order {
         /// An item as SKU:QTY; repeat for more items.
@@ -61,6 +63,50 @@ enum Command {
     },
     /// A guided run: up, a few orders (one declined), each trace as a waterfall.
     Demo,
+    /// Process the stream's events again through one consumer's own handler, rebuild its
+    /// projection, or redrive its dead letters after a fix.
+    #[command(group(clap::ArgGroup::new("start").args(["from_seq", "since"]).multiple(false)))]
+    Replay {
+        /// The consumer whose handler runs: loyalty, notification or analytics.
+        #[arg(long)]
+        consumer: String,
+        /// Start at this stream sequence (1 is the beginning).
+        #[arg(long, value_name = "N")]
+        from_seq: Option<u64>,
+        /// Start at the events stored within this long, e.g. 15m, 2h, 1d.
+        #[arg(long, value_name = "DURATION", value_parser = commands::replay::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Reset the consumer's projection, then rebuild it from the whole stream.
+        #[arg(long, conflicts_with = "since")]
+        rebuild: bool,
+        /// Redrive the consumer's dead-lettered messages instead.
+        #[arg(long, conflicts_with_all = ["rebuild", "from_seq", "since"])]
+        dead_letters: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every service (up or down), every expected consumer and the open alerts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop one service that `up` started: SIGKILL (a crash) unless --term.
+    Kill {
+        /// The service's name, as `tracehop status` lists it.
+        service: String,
+        /// SIGTERM instead: the service drains before it exits.
+        #[arg(long)]
+        term: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start one service again and wait until it answers.
+    Start {
+        /// The service's name, as `tracehop status` lists it.
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -70,6 +116,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up { detach } => commands::up::run(&settings, detach).await,
         Command::Down => commands::down::run(&settings),
+        Command::Prepare => commands::up::prepare_only(&settings).await,
         Command::Order { items, customer, card, email, traceparent, json } => {
             let input = tracehop::client::OrderInput { customer, items, card, email, traceparent };
             commands::order::run(&settings, input, json).await
@@ -77,6 +124,13 @@ async fn main() -> ExitCode {
         Command::Trace { trace_id, wait, json } => commands::trace::run(&settings, &trace_id, wait, json).await,
         Command::Watch { service, json } => commands::watch::run(&settings, service.as_deref(), json).await,
         Command::Demo => commands::demo::run(&settings).await,
+        Command::Replay { consumer, from_seq, since, rebuild, dead_letters, json } => {
+            let args = commands::replay::ReplayArgs { consumer, from_seq, since, rebuild, dead_letters };
+            commands::replay::run(&settings, args, json).await
+        }
+        Command::Status { json } => commands::status::run(&settings, json).await,
+        Command::Kill { service, term, json } => commands::kill::run(&settings, &service, term, json),
+        Command::Start { service, json } => commands::start::run(&settings, &service, json).await,
     };
     match result {
         Ok(code) => code,

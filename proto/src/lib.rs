@@ -48,6 +48,8 @@ impl_reply!(
     GetPricesReply,
     ChargeReply,
     AnalyticsSummaryReply,
+    ReplayReply,
+    SentinelStatusReply,
 );
 
 impl Error {
@@ -97,6 +99,18 @@ pub mod subjects {
     pub const PAYMENT_CHARGE: &str = "svc.payment.charge";
     /// Request/reply: the analytics summary.
     pub const ANALYTICS_SUMMARY: &str = "svc.analytics.summary";
+
+    /// Request/reply: the sentinel's view of every expected consumer.
+    pub const SENTINEL_STATUS: &str = "svc.sentinel.status";
+    /// Alerts raised and resolved by the sentinel: `tracehop.alerts.<consumer>`.
+    pub const ALERTS_PREFIX: &str = "tracehop.alerts";
+
+    /// Request/reply: replay the stream, or redrive the dead letters, through
+    /// one consumer's handler ([`crate::v1::ReplayRequest`]), served by that
+    /// consumer's service: `svc.<consumer>.replay`.
+    pub fn replay(consumer: &str) -> String {
+        format!("svc.{consumer}.replay")
+    }
 
     /// Event: an order was confirmed ([`crate::v1::OrderEvent`]).
     pub const ORDER_CONFIRMED: &str = "orders.confirmed";

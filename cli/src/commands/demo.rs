@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream;
+
 use tracehop_spanfeed::wait_for_settled_trace;
 
 use crate::client::{ItemArg, OrderInput, place_order};
@@ -57,10 +58,106 @@ pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         let spans = wait_for_settled_trace(&js, trace_id, super::trace::SETTLE, Duration::from_secs(15)).await?;
         println!("{}", render::waterfall(&spans, super::trace::terminal_width(), color));
     }
+    silent_failure(settings, &js, &http).await?;
+
     println!("\nThe system is still running. Next:");
     println!("  tracehop order --json                 place another order");
     println!("  tracehop trace <trace_id> --wait 5    read its trace back");
     println!("  tracehop watch                        spans as they finish");
+    println!("  tracehop status                       services, consumers, alerts");
     println!("  tracehop down                         stop everything");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Kill analytics, place orders, show the sentinel's alert and a trace with
+/// its failure span, restart analytics, show the recovery and that nothing
+/// was lost, then rebuild analytics by replay.
+async fn silent_failure(settings: &Settings, js: &jetstream::Context, http: &reqwest::Client) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use tracehop_launcher::StopMode;
+    use tracehop_proto::Message as _;
+    use tracehop_proto::v1::{Alert, AlertKind};
+
+    let nats = js.client();
+    let launcher = super::up::launcher(settings)?;
+    let mut alerts = nats.subscribe(format!("{}.analytics", tracehop_proto::subjects::ALERTS_PREFIX)).await?;
+    let before = analytics_summary(http, settings).await?;
+
+    println!("\n-- a silent failure: analytics is killed (SIGKILL) while orders keep coming --");
+    launcher.stop("analytics", StopMode::Kill)?;
+    let mut missed = Vec::new();
+    for customer in ["dora", "eli", "fay"] {
+        let input = OrderInput {
+            customer: customer.into(),
+            items: vec![ItemArg { sku: "CB-004".into(), quantity: 2 }],
+            card: "4242424242424242".into(),
+            email: None,
+            traceparent: None,
+        };
+        let outcome = place_order(http, &settings.gateway_url(), &input).await?;
+        println!("{}", super::order::describe(&outcome));
+        missed.extend(outcome.trace_id);
+    }
+    println!("(checkout still works: nothing fails loudly, the events just wait)");
+    let alert = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(message) = alerts.next().await {
+            if let Ok(alert) = Alert::decode(message.payload.as_ref()) {
+                return Some(alert);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    match alert {
+        Some(alert) => println!("\nALERT from the sentinel: {}", alert.message),
+        None => println!("\nno alert from the sentinel within 15 s (is it running? tracehop status)"),
+    }
+    if let Some(trace_id) = missed.first() {
+        println!("\nThe first missed order's trace: the sentinel's failure span names the consumer and the delay.");
+        let spans = tracehop_spanfeed::wait_for_trace(js, trace_id, Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.name == "missed by analytics")
+        })
+        .await?;
+        println!("{}", render::waterfall(&spans, super::trace::terminal_width(), super::is_terminal()));
+    }
+
+    println!("\n-- analytics is started again --");
+    launcher.start("analytics")?;
+    tracehop_launcher::wait_ready(&nats, &["analytics"], &settings.gateway_addr, Duration::from_secs(30)).await?;
+    let recovered = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(message) = alerts.next().await {
+            if let Ok(alert) = Alert::decode(message.payload.as_ref())
+                && alert.kind == AlertKind::ConsumerRecovered as i32
+            {
+                return Some(alert);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(alert) = recovered {
+        println!("RECOVERED: {}", alert.message);
+    }
+    let after = analytics_summary(http, settings).await?;
+    println!(
+        "nothing lost: analytics counted {} confirmed orders before the kill and {} now (3 placed while it was down)",
+        before, after
+    );
+
+    println!("\n-- a replay: analytics' projection rebuilt from the stream --");
+    let args = super::replay::ReplayArgs { consumer: "analytics".into(), rebuild: true, ..Default::default() };
+    super::replay::run(settings, args, false).await?;
+    let rebuilt = analytics_summary(http, settings).await?;
+    println!("after the rebuild analytics counts {rebuilt} confirmed orders: the same as before it");
+    Ok(())
+}
+
+async fn analytics_summary(http: &reqwest::Client, settings: &Settings) -> anyhow::Result<u64> {
+    let summary: serde_json::Value =
+        http.get(format!("{}/v1/analytics/summary", settings.gateway_url())).send().await?.json().await?;
+    Ok(summary["orders_confirmed"].as_u64().unwrap_or_default())
 }

@@ -2,7 +2,11 @@
 
 pub mod demo;
 pub mod down;
+pub mod kill;
 pub mod order;
+pub mod replay;
+pub mod start;
+pub mod status;
 pub mod trace;
 pub mod up;
 pub mod watch;

@@ -30,16 +30,29 @@ pub async fn run(settings: &Settings, detach: bool) -> anyhow::Result<ExitCode> 
     super::down::run(settings)
 }
 
+/// Migrations, streams and consumers, without starting anything: what a
+/// deployment runs once before its services start (see `compose.yaml`).
+pub async fn prepare_only(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let nats = super::connect_nats(settings).await?;
+    prepare(settings, &nats).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Result<()> {
+    tracehop_launcher::prepare(nats, &settings.database_url).await.with_context(
+        || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
+    )?;
+    println!("migrations applied, streams and consumers ready");
+    Ok(())
+}
+
 /// Prepares and starts every service that is not running yet, and waits
 /// until all of them answer.
 pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     let launcher = launcher(settings)?;
     launcher.check_binaries()?;
     let nats = super::connect_nats(settings).await?;
-    tracehop_launcher::prepare(&nats, &settings.database_url).await.with_context(
-        || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
-    )?;
-    println!("migrations applied, streams and consumers ready");
+    prepare(settings, &nats).await?;
     for service in SERVICES {
         match launcher.running_pid(service) {
             Some(pid) => println!("  {service:<13} already running (pid {pid})"),

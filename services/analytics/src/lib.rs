@@ -7,11 +7,17 @@
 //! and the totals move in the same transaction as that insert, so a
 //! redelivery or a replay changes nothing.
 //!
+//! It also answers `svc.analytics.replay` (`tracehop replay --consumer
+//! analytics`): the stream's events again through the same handler, a
+//! rebuild of the totals from scratch, or a redrive of dead letters.
+//!
 //! Modules: [`config`] (environment), [`record`] (the event handler and its
-//! SQL), [`summary`] (the summary request).
+//! SQL), [`summary`] (the summary request), [`replay`] (the handler as a
+//! replayable projection, and the rebuild's reset).
 
 pub mod config;
 pub mod record;
+pub mod replay;
 pub mod summary;
 
 pub use config::Config;
@@ -34,6 +40,9 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let summary = summary::Summary::new(pool.clone());
     let js = async_nats::jetstream::new(runtime.nats.clone());
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
+    let replay_js = js.clone();
+    let replayer = recorder.clone();
+    let replay_shutdown = runtime.shutdown.clone();
     let result = tokio::try_join!(
         async {
             run_consumer(
@@ -50,6 +59,17 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
                 .serve(subjects::ANALYTICS_SUMMARY, summary, summary::Summary::summary)
                 .await
                 .with_context(|| format!("failed to serve {}", subjects::ANALYTICS_SUMMARY))
+        },
+        async {
+            tracehop_messaging::replay::serve(
+                &responder,
+                replay_js,
+                topology::analytics_consumer(),
+                replayer,
+                replay_shutdown,
+            )
+            .await
+            .with_context(|| format!("failed to serve {}", subjects::replay(SERVICE)))
         },
     );
     pool.close().await;

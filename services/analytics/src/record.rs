@@ -105,18 +105,19 @@ impl Recorder {
     /// Handles one delivery: a malformed event is rejected, a database
     /// failure retried.
     pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
-        self.record(&delivery.event).await.map_err(ProcessError::from)
+        self.record(&delivery.event).await.map(drop).map_err(ProcessError::from)
     }
 
-    /// Records the event and moves the totals, once. Whether this delivery
-    /// counted goes on the span: on a replay it is the only sign.
+    /// Records the event and moves the totals, once; returns false, changing
+    /// nothing, when it had counted before. Whether this delivery counted
+    /// goes on the span: on a replay it is the only sign.
     #[tracing::instrument(
         name = "record order event",
         skip_all,
         fields(order.id = %event.order_id, analytics.kind = Empty, analytics.duplicate = Empty),
         err
     )]
-    pub async fn record(&self, event: &OrderEvent) -> Result<(), RecordError> {
+    pub async fn record(&self, event: &OrderEvent) -> Result<bool, RecordError> {
         let span = tracing::Span::current();
         let event_id = parse_uuid("event_id", &event.event_id)?;
         let order_id = parse_uuid("order_id", &event.order_id)?;
@@ -148,7 +149,7 @@ impl Recorder {
         span.record("analytics.duplicate", !inserted);
         if !inserted {
             // Counted before; dropping the transaction writes nothing.
-            return Ok(());
+            return Ok(false);
         }
         // An upsert, so that a missing totals row is recreated rather than
         // silently not updated.
@@ -170,7 +171,12 @@ impl Recorder {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// The pool, for the replay's reset.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 

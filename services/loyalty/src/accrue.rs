@@ -81,12 +81,13 @@ impl Accrual {
     /// Handles one delivery: a malformed event is rejected, a database or
     /// pricing failure retried.
     pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
-        self.accrue(&delivery.event).await.map_err(ProcessError::from)
+        self.accrue(&delivery.event).await.map(drop).map_err(ProcessError::from)
     }
 
-    /// Accrues the event's points once. The kind of customer, the pricing
-    /// mode and the points go on the span: they explain both the number and
-    /// the price requests beneath it.
+    /// Accrues the event's points once; returns false, changing nothing,
+    /// when it had accrued before or earns nothing. The kind of customer,
+    /// the pricing mode and the points go on the span: they explain both the
+    /// number and the price requests beneath it.
     #[tracing::instrument(
         name = "accrue points",
         skip_all,
@@ -99,7 +100,7 @@ impl Accrual {
         ),
         err
     )]
-    pub async fn accrue(&self, event: &OrderEvent) -> Result<(), AccrueError> {
+    pub async fn accrue(&self, event: &OrderEvent) -> Result<bool, AccrueError> {
         let span = tracing::Span::current();
         let event_id = parse_uuid("event_id", &event.event_id)?;
         let order_id = parse_uuid("order_id", &event.order_id)?;
@@ -111,7 +112,7 @@ impl Accrual {
                 // Not expected on orders.confirmed; a failed order earns
                 // nothing, so there is nothing to do.
                 tracing::debug!("order not confirmed, no points");
-                return Ok(());
+                return Ok(false);
             }
             _ => {
                 return Err(AccrueError::Invalid(format!("status {} is neither confirmed nor failed", event.status)));
@@ -125,7 +126,7 @@ impl Accrual {
         // below is what guarantees at most one accrual.
         if self.already_accrued(event_id).await? {
             span.record("loyalty.duplicate", true);
-            return Ok(());
+            return Ok(false);
         }
         let tier = self.tier(&event.customer_id).await?;
         span.record("loyalty.tier", tier.as_str());
@@ -148,7 +149,12 @@ impl Accrual {
         span.record("loyalty.points", points);
         let inserted = self.record(event_id, order_id, &event.customer_id, points).await?;
         span.record("loyalty.duplicate", !inserted);
-        Ok(())
+        Ok(inserted)
+    }
+
+    /// The pool, for the replay's reset.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Unit prices of the items, from inventory: one request per item, or

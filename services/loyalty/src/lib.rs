@@ -12,37 +12,63 @@
 //! `loyalty.accruals` in the same transaction that adds the points, so a
 //! redelivery or a replay changes nothing.
 //!
+//! It also answers `svc.loyalty.replay` (`tracehop replay --consumer
+//! loyalty`): the stream's events again through the same handler, a rebuild
+//! of the points from scratch, or a redrive of dead letters.
+//!
 //! Modules: [`config`] (environment), [`points`] (the pure points rules),
-//! [`accrue`] (the event handler, its price requests and its SQL).
+//! [`accrue`] (the event handler, its price requests and its SQL),
+//! [`replay`] (the handler as a replayable projection, and the rebuild's
+//! reset).
 
 pub mod accrue;
 pub mod config;
 pub mod points;
+pub mod replay;
 
 pub use config::{Config, Pricing};
 
 use anyhow::Context as _;
-use tracehop_messaging::{async_nats, run_consumer, topology};
+use tracehop_messaging::{Responder, async_nats, run_consumer, topology};
+use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
 pub const SERVICE: &str = "loyalty";
 
-/// Processes order events until shutdown; the event in hand is finished
-/// first.
+/// Processes order events and answers replay requests until shutdown; the
+/// event in hand is finished first, a replay stops at the next event.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections)
         .await
         .context("failed to connect to the database")?;
     let accrual = accrue::Accrual::new(pool.clone(), runtime.nats.clone(), config.pricing, config.price_timeout);
-    let js = async_nats::jetstream::new(runtime.nats);
-    let consumed = run_consumer(
-        js,
-        topology::loyalty_consumer(),
-        move |delivery| accrual.clone().handle(delivery),
-        runtime.shutdown,
-    )
-    .await;
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
+    let replayer = accrual.clone();
+    let result = tokio::try_join!(
+        async {
+            run_consumer(
+                js.clone(),
+                topology::loyalty_consumer(),
+                move |delivery| accrual.clone().handle(delivery),
+                runtime.shutdown.clone(),
+            )
+            .await
+            .context("the loyalty consumer failed")
+        },
+        async {
+            tracehop_messaging::replay::serve(
+                &responder,
+                js.clone(),
+                topology::loyalty_consumer(),
+                replayer,
+                runtime.shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("failed to serve {}", subjects::replay(SERVICE)))
+        },
+    );
     pool.close().await;
-    consumed.context("the loyalty consumer failed")
+    result.map(|_| ())
 }

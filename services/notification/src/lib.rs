@@ -13,24 +13,32 @@
 //! redelivery finds the row and sends nothing (see [`notify`] for the one
 //! case that can still send twice).
 //!
+//! It also answers `svc.notification.replay` (`tracehop replay --consumer
+//! notification`): the stream's events again through the same handler
+//! (sending only the mails that are missing), or a redrive of dead letters
+//! after a fix. A rebuild is refused: see [`replay`].
+//!
 //! Modules: [`config`] (environment), [`mail`] (rendering, recipients and
-//! the transports), [`notify`] (the event handler and its SQL).
+//! the transports), [`notify`] (the event handler and its SQL), [`replay`]
+//! (the handler as a replayable projection).
 
 pub mod config;
 pub mod mail;
 pub mod notify;
+pub mod replay;
 
 pub use config::{Config, SmtpServer};
 
 use anyhow::Context as _;
-use tracehop_messaging::{async_nats, run_consumer, topology};
+use tracehop_messaging::{Responder, async_nats, run_consumer, topology};
+use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
 pub const SERVICE: &str = "notification";
 
-/// Processes order events until shutdown; the event in hand is finished
-/// first.
+/// Processes order events and answers replay requests until shutdown; the
+/// event in hand is finished first, a replay stops at the next event.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let mailer = match &config.smtp {
         Some(server) => mail::Mailer::smtp(server, config.smtp_timeout),
@@ -43,14 +51,32 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         .await
         .context("failed to connect to the database")?;
     let notifier = notify::Notifier::new(pool.clone(), mailer, config.from);
-    let js = async_nats::jetstream::new(runtime.nats);
-    let consumed = run_consumer(
-        js,
-        topology::notification_consumer(),
-        move |delivery| notifier.clone().handle(delivery),
-        runtime.shutdown,
-    )
-    .await;
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
+    let replayer = notifier.clone();
+    let result = tokio::try_join!(
+        async {
+            run_consumer(
+                js.clone(),
+                topology::notification_consumer(),
+                move |delivery| notifier.clone().handle(delivery),
+                runtime.shutdown.clone(),
+            )
+            .await
+            .context("the notification consumer failed")
+        },
+        async {
+            tracehop_messaging::replay::serve(
+                &responder,
+                js.clone(),
+                topology::notification_consumer(),
+                replayer,
+                runtime.shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("failed to serve {}", subjects::replay(SERVICE)))
+        },
+    );
     pool.close().await;
-    consumed.context("the notification consumer failed")
+    result.map(|_| ())
 }

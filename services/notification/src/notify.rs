@@ -100,18 +100,19 @@ impl Notifier {
     /// Handles one delivery: a malformed event is rejected, a database or
     /// send failure retried.
     pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
-        self.notify(&delivery.event).await.map_err(ProcessError::from)
+        self.notify(&delivery.event).await.map(drop).map_err(ProcessError::from)
     }
 
-    /// Records and sends the event's notification once. The kind and the
-    /// outcome go on the span: a skipped mail leaves no other trace.
+    /// Records and sends the event's notification once; returns false,
+    /// sending nothing, when the event had been handled before. The kind and
+    /// the outcome go on the span: a skipped mail leaves no other trace.
     #[tracing::instrument(
         name = "notify customer",
         skip_all,
         fields(order.id = %event.order_id, notification.kind = Empty, notification.status = Empty),
         err
     )]
-    pub async fn notify(&self, event: &OrderEvent) -> Result<(), NotifyError> {
+    pub async fn notify(&self, event: &OrderEvent) -> Result<bool, NotifyError> {
         let span = tracing::Span::current();
         let event_id = parse_uuid("event_id", &event.event_id)?;
         let order_id = parse_uuid("order_id", &event.order_id)?;
@@ -154,7 +155,7 @@ impl Notifier {
         if !inserted {
             // Handled before; dropping the transaction writes nothing.
             span.record("notification.status", "duplicate");
-            return Ok(());
+            return Ok(false);
         }
         if malformed {
             // Logged once per event, and without the address: it is personal
@@ -170,6 +171,6 @@ impl Notifier {
         // module's documentation.
         tx.commit().await?;
         span.record("notification.status", outcome.as_str());
-        Ok(())
+        Ok(true)
     }
 }

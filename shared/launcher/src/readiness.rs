@@ -14,8 +14,8 @@ use tracehop_proto::subjects;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The request/reply subjects each responder serves.
-pub fn subjects_of(service: &str) -> &'static [&'static str] {
-    match service {
+pub fn subjects_of(service: &str) -> Vec<String> {
+    let fixed: &[&str] = match service {
         "order" => &[subjects::ORDER_PLACE, subjects::ORDER_GET],
         "inventory" => &[
             subjects::INVENTORY_RESERVE,
@@ -25,21 +25,27 @@ pub fn subjects_of(service: &str) -> &'static [&'static str] {
         ],
         "payment" => &[subjects::PAYMENT_CHARGE],
         "analytics" => &[subjects::ANALYTICS_SUMMARY],
+        "sentinel" => &[subjects::SENTINEL_STATUS],
         _ => &[],
+    };
+    let mut all: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+    if matches!(service, "loyalty" | "notification" | "analytics") {
+        all.push(subjects::replay(service));
     }
+    all
 }
 
 /// Whether `service` answers now. `gateway_addr` is used for the gateway.
 pub async fn probe(nats: &async_nats::Client, service: &str, gateway_addr: &str) -> bool {
     for subject in subjects_of(service) {
-        if !tracehop_messaging::probe(nats, subject, PROBE_TIMEOUT).await {
+        if !tracehop_messaging::probe(nats, &subject, PROBE_TIMEOUT).await {
             return false;
         }
     }
     match service {
         "loyalty" | "notification" | "analytics" | "payment" => consumer_pulling(nats, service).await,
         "gateway" => gateway_healthy(gateway_addr).await,
-        "order" | "inventory" => true,
+        "order" | "inventory" | "sentinel" => true,
         _ => false,
     }
 }

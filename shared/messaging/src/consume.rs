@@ -254,10 +254,22 @@ where
     }
 }
 
-/// Publishes `message` to the dead-letter stream with its original headers
-/// (the producer's trace context included) plus the reason, in a PRODUCER
-/// span `dead-letter <subject>` with status ERROR, child of the current
-/// consumer span and so part of the event's original trace.
+/// A message a consumer gave up on, as the dead-letter stream keeps it.
+#[derive(Clone, Debug)]
+pub struct DeadLetter<'a> {
+    pub stream: &'a str,
+    pub consumer: &'a str,
+    /// The subject it was published on.
+    pub subject: &'a str,
+    /// Its sequence in `stream`.
+    pub sequence: u64,
+    /// How many times it was delivered.
+    pub delivered: i64,
+    /// Its original headers, the producer's trace context included.
+    pub headers: Option<&'a async_nats::HeaderMap>,
+    pub payload: bytes::Bytes,
+}
+
 async fn dead_letter(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
@@ -265,45 +277,66 @@ async fn dead_letter(
     reason: &str,
 ) -> Result<(), crate::PublishError> {
     let info = message.info().ok();
-    let sequence = info.as_ref().map_or(0, |info| info.stream_sequence);
-    let delivered = info.as_ref().map_or(1, |info| info.delivered);
-    let subject = crate::topology::dead_letter_subject(spec.durable);
+    let letter = DeadLetter {
+        stream: spec.stream,
+        consumer: spec.durable,
+        subject: message.subject.as_str(),
+        sequence: info.as_ref().map_or(0, |info| info.stream_sequence),
+        delivered: info.as_ref().map_or(1, |info| info.delivered),
+        headers: message.headers.as_ref(),
+        payload: message.payload.clone(),
+    };
+    store_dead_letter(js, &letter, reason).await
+}
+
+/// Publishes a dead letter with its original headers (the producer's trace
+/// context included) plus the reason, in a PRODUCER span `dead-letter
+/// <subject>` with status ERROR, a child of the current span. Its message id
+/// is derived from stream, consumer and sequence, so storing it twice (a
+/// retry, or the sentinel acting on a max-deliveries advisory) keeps one.
+pub async fn store_dead_letter(
+    js: &jetstream::Context,
+    letter: &DeadLetter<'_>,
+    reason: &str,
+) -> Result<(), crate::PublishError> {
+    let (sequence, delivered) = (letter.sequence, letter.delivered);
+    let subject = crate::topology::dead_letter_subject(letter.consumer);
     let span = tracing::info_span!(
         "nats.dead_letter",
-        otel.name = %format!("dead-letter {}", message.subject),
+        otel.name = %format!("dead-letter {}", letter.subject),
         otel.kind = "producer",
         messaging.system = spans::SYSTEM,
         messaging.operation.type = "send",
         messaging.operation.name = "dead_letter",
         messaging.destination.name = %subject,
-        messaging.consumer.group.name = spec.durable,
+        messaging.consumer.group.name = letter.consumer,
         messaging.nats.message.delivery_count = delivered,
         messaging.nats.stream.sequence = sequence as i64,
         tracehop.dead_letter.reason = %reason,
     );
     record_failure(&span, "dead_letter", reason);
-    let mut dead = message.headers.clone().unwrap_or_default();
-    let original_id = headers::get(message.headers.as_ref(), MESSAGE_ID).unwrap_or_default().to_string();
+    let mut dead = letter.headers.cloned().unwrap_or_default();
+    let original_id = headers::get(letter.headers, MESSAGE_ID).unwrap_or_default().to_string();
     let header = |value: &str| {
         <async_nats::header::HeaderValue as std::str::FromStr>::from_str(&value.replace(['\r', '\n'], " ")).ok()
     };
     for (name, value) in [
         (headers::DEAD_LETTER_REASON, header(reason)),
-        (headers::DEAD_LETTER_CONSUMER, header(spec.durable)),
-        (headers::ORIGINAL_SUBJECT, header(message.subject.as_str())),
+        (headers::DEAD_LETTER_CONSUMER, header(letter.consumer)),
+        (headers::ORIGINAL_SUBJECT, header(letter.subject)),
         (headers::ORIGINAL_SEQUENCE, header(&sequence.to_string())),
         (headers::ORIGINAL_MESSAGE_ID, header(&original_id)),
         (headers::DELIVERY_COUNT, header(&delivered.to_string())),
         // One dead letter per consumer and stream position, however often
         // this is retried.
-        (MESSAGE_ID, header(&format!("{}-{}-{sequence}", spec.stream, spec.durable))),
+        (MESSAGE_ID, header(&format!("{}-{}-{sequence}", letter.stream, letter.consumer))),
     ] {
         if let Some(value) = value {
             dead.insert(name, value);
         }
     }
     let result = async {
-        let ack = js.publish_with_headers(subject.clone(), dead, message.payload.clone()).await.map_err(|e| {
+        let ack = js.publish_with_headers(subject.clone(), dead, letter.payload.clone()).await.map_err(|e| {
             crate::PublishError::Send { subject: subject.clone(), event_id: original_id.clone(), reason: e.to_string() }
         })?;
         ack.await.map_err(|e| crate::PublishError::Ack {
@@ -316,7 +349,7 @@ async fn dead_letter(
     .instrument(span.clone())
     .await;
     if let Err(error) = &result {
-        tracing::error!(parent: &span, consumer = spec.durable, error = %error, "failed to store a dead letter; it stays in the stream");
+        tracing::error!(parent: &span, consumer = letter.consumer, error = %error, "failed to store a dead letter; it stays in the stream");
     }
     result
 }

@@ -13,18 +13,23 @@
 //! - [`consume`]: [`consume::run_consumer`], a traced durable consumer
 //!   (CONSUMER span per delivery, parented by and linked to the producer).
 //! - [`topology`]: the streams and durable consumers the system expects.
+//! - [`replay`]: [`replay::serve`], a consumer's service replaying the stream
+//!   (or redriving its dead letters) through its own handler, in CONSUMER
+//!   spans marked as replays; [`replay::call`] asks for one.
 //! - [`spans`]: the attribute names used on messaging spans.
 
 pub mod consume;
 pub mod headers;
 pub mod publish;
+pub mod replay;
 pub mod request;
 pub mod serve;
 pub mod spans;
 pub mod topology;
 
-pub use consume::{ConsumerSpec, Delivery, ProcessError, run_consumer};
+pub use consume::{ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, store_dead_letter};
 pub use publish::{PublishError, publish_event};
+pub use replay::{Outcome, Projection, ResetError};
 pub use request::{RequestError, probe, request, request_reply};
 pub use serve::{Responder, serve};
 

@@ -25,6 +25,9 @@ pub fn orders_stream_config() -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: DUPLICATE_WINDOW,
         max_age: Duration::from_secs(7 * 24 * 3600),
+        // Direct gets let the sentinel read the oldest unprocessed event of a
+        // consumer without creating consumers of its own.
+        allow_direct: true,
         ..Default::default()
     }
 }
@@ -48,6 +51,7 @@ pub fn dead_letter_stream_config() -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: DUPLICATE_WINDOW,
         max_age: Duration::from_secs(30 * 24 * 3600),
+        allow_direct: true,
         ..Default::default()
     }
 }

@@ -125,8 +125,9 @@ impl SpanExporter for SpanFeedExporter {
 }
 
 /// Publishes every message and waits for the stream's acks, all within
-/// `timeout`. Spans of messages that fail are counted, not retried: a retry
-/// would only delay the next batch and grow the queue behind it.
+/// `timeout`. Spans of messages that still fail after one more round are
+/// counted, not retried further: that would only delay the next batch and
+/// grow the queue behind it.
 async fn publish_all(
     js: jetstream::Context,
     messages: Vec<(String, Bytes, u64)>,
@@ -135,20 +136,14 @@ async fn publish_all(
 ) -> OTelSdkResult {
     let total: u64 = messages.iter().map(|(_, _, count)| count).sum();
     let work = async {
-        let mut acks = Vec::with_capacity(messages.len());
-        let mut failed = 0u64;
-        for (subject, payload, count) in messages {
-            match js.publish(subject, payload).await {
-                Ok(ack) => acks.push((ack, count)),
-                Err(_) => failed += count,
-            }
+        let mut unsent = publish_round(&js, messages).await;
+        if !unsent.is_empty() {
+            // The feed's stream lives in memory: a restarted NATS server has
+            // lost it. Create it again and give the batch a second chance.
+            let _ = crate::ensure_stream(&js).await;
+            unsent = publish_round(&js, unsent).await;
         }
-        for (ack, count) in acks {
-            if ack.await.is_err() {
-                failed += count;
-            }
-        }
-        failed
+        unsent.iter().map(|(_, _, count)| count).sum::<u64>()
     };
     let failed = tokio::time::timeout(timeout, work).await.unwrap_or(total);
     stats.exported_spans.fetch_add(total - failed, Ordering::Relaxed);
@@ -158,4 +153,22 @@ async fn publish_all(
         stats.failed_spans.fetch_add(failed, Ordering::Relaxed);
         Err(OTelSdkError::InternalFailure(format!("{failed} of {total} spans were not accepted by the span feed")))
     }
+}
+
+/// Publishes the messages and returns those the stream did not acknowledge.
+async fn publish_round(js: &jetstream::Context, messages: Vec<(String, Bytes, u64)>) -> Vec<(String, Bytes, u64)> {
+    let mut pending = Vec::with_capacity(messages.len());
+    let mut unsent = Vec::new();
+    for (subject, payload, count) in messages {
+        match js.publish(subject.clone(), payload.clone()).await {
+            Ok(ack) => pending.push((ack, (subject, payload, count))),
+            Err(_) => unsent.push((subject, payload, count)),
+        }
+    }
+    for (ack, message) in pending {
+        if ack.await.is_err() {
+            unsent.push(message);
+        }
+    }
+    unsent
 }

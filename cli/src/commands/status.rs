@@ -1,0 +1,509 @@
+//! `tracehop status`: every service, every expected consumer and the open
+//! alerts.
+//!
+//! - Services: up or down from the pid files that `up` and `start` write (a
+//!   pid file whose process is gone, or is another program, reads as down).
+//! - Consumers and alerts: the sentinel is the source of truth and is asked
+//!   on `svc.sentinel.status`. When it does not answer, consumer state is read
+//!   straight from JetStream (consumer info, plus the DEADLETTER stream's
+//!   count per `deadletter.<consumer>` subject) and there are no alerts: only
+//!   the sentinel raises them, and the output says so.
+//!
+//! [`gather`] does the I/O; [`render_text`] and [`render_json`] are pure
+//! functions of a [`Status`], so that what a user sees is tested without NATS.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, stream::Stream};
+use futures::TryStreamExt as _;
+use serde::Serialize;
+use serde_json::Value;
+use tracehop_launcher::{Launcher, SERVICES};
+use tracehop_messaging::{ConsumerSpec, RequestError, topology};
+use tracehop_proto::subjects;
+use tracehop_proto::v1::{AlertKind, ConsumerHealth, SentinelStatusReply, SentinelStatusRequest};
+
+use crate::settings::Settings;
+use Align::{Left, Right};
+
+/// How long the sentinel has to answer before status reads JetStream itself.
+pub const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Without the sentinel, a consumer whose oldest unprocessed event is older
+/// than this is shown as lagging: the sentinel's default deadline
+/// (`SENTINEL_DEADLINE_MS`).
+pub const FALLBACK_LATE_AFTER: Duration = Duration::from_secs(5);
+
+/// What `tracehop status` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub services: Vec<ServiceStatus>,
+    pub consumers: Vec<ConsumerStatus>,
+    pub alerts: Vec<AlertStatus>,
+    /// Whether the sentinel answered; without it the consumers were read from
+    /// JetStream and there are no alerts.
+    pub sentinel: bool,
+    /// Why the sentinel gave no answer when it seems to run but did not
+    /// answer; none when nobody listens on its subject (it is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_error: Option<String>,
+    /// The sentinel's deadline after which an unprocessed event is late.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
+    /// Set when NATS could not be reached: consumers and alerts are unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_error: Option<String>,
+}
+
+/// One service process.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `up` or `down`.
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Every service is built from this workspace, so a running service has
+    /// the version of this command (`CARGO_PKG_VERSION`); none when down.
+    pub version: Option<String>,
+}
+
+/// One expected durable consumer, as the sentinel or JetStream sees it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ConsumerStatus {
+    pub stream: String,
+    pub consumer: String,
+    /// `ok`, `down` (nobody pulling), `lagging` (oldest event too old), or
+    /// `missing` (the durable does not exist: the system was never set up).
+    pub state: String,
+    /// Pull requests waiting on the durable (`num_waiting`): 0 means nobody
+    /// is pulling.
+    pub active_pullers: u64,
+    /// Events not yet delivered.
+    pub pending: u64,
+    /// Events delivered but not acknowledged.
+    pub ack_pending: u64,
+    /// Age of the oldest event not acknowledged; 0 when there is none.
+    pub oldest_unprocessed_age_ms: i64,
+    /// Deliveries beyond the first since the consumer was created.
+    pub redeliveries: u64,
+    pub dead_letters: u64,
+    /// Dead letters by reason (known only to the sentinel).
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+}
+
+/// One open alert raised by the sentinel.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct AlertStatus {
+    pub alert_id: String,
+    /// `consumer_down`, `consumer_lagging` or `consumer_recovered`.
+    pub kind: String,
+    pub stream: String,
+    pub consumer: String,
+    pub backlog: u64,
+    pub oldest_unprocessed_age_ms: i64,
+    pub raised_at_unix_ms: i64,
+    pub incident_duration_ms: i64,
+    pub processed_late: u64,
+    pub message: String,
+}
+
+/// Prints the status; fails (exit code 1) only when NATS is unreachable.
+pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode> {
+    let launcher = super::up::launcher(settings)?;
+    let status = match super::connect_nats(settings).await {
+        Ok(nats) => gather(&launcher, &nats).await,
+        Err(error) => {
+            Status { services: services(&launcher), nats_error: Some(format!("{error:#}")), ..Status::default() }
+        }
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&render_json(&status))?);
+    } else {
+        print!("{}", render_text(&status, super::is_terminal(), now_unix_ms()));
+    }
+    Ok(if status.nats_error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Services from the pid files, consumers and alerts from the sentinel or,
+/// when it does not answer, from JetStream.
+pub async fn gather(launcher: &Launcher, nats: &async_nats::Client) -> Status {
+    let services = services(launcher);
+    let request = SentinelStatusRequest {};
+    let answer: Result<SentinelStatusReply, RequestError> =
+        tracehop_messaging::request(nats, subjects::SENTINEL_STATUS, &request, SENTINEL_TIMEOUT).await;
+    match answer {
+        Ok(reply) => Status {
+            services,
+            consumers: reply.consumers.iter().map(ConsumerStatus::from).collect(),
+            alerts: reply.open_alerts.iter().map(AlertStatus::from).collect(),
+            sentinel: true,
+            deadline_ms: Some(reply.deadline_ms),
+            ..Status::default()
+        },
+        Err(error) => {
+            let js = jetstream::new(nats.clone());
+            Status {
+                services,
+                consumers: consumers_from_jetstream(&js).await,
+                sentinel_error: match error {
+                    RequestError::NoResponders { .. } => None,
+                    other => Some(other.to_string()),
+                },
+                ..Status::default()
+            }
+        }
+    }
+}
+
+/// Every service in [`SERVICES`], up when its pid file names a live process
+/// of that service.
+pub fn services(launcher: &Launcher) -> Vec<ServiceStatus> {
+    SERVICES
+        .iter()
+        .map(|name| {
+            let pid = launcher.running_pid(name);
+            ServiceStatus {
+                name: name.to_string(),
+                state: if pid.is_some() { "up" } else { "down" }.to_string(),
+                pid,
+                version: pid.map(|_| env!("CARGO_PKG_VERSION").to_string()),
+            }
+        })
+        .collect()
+}
+
+/// Every expected consumer, read from JetStream: what the sentinel would say,
+/// minus dead-letter reasons. A consumer that cannot be read is `missing`.
+pub async fn consumers_from_jetstream(js: &jetstream::Context) -> Vec<ConsumerStatus> {
+    let dead_letters = subject_counts(js, topology::DEAD_LETTER_STREAM, "deadletter.>").await;
+    let mut streams: HashMap<&str, Option<Stream>> = HashMap::new();
+    let mut consumers = Vec::new();
+    for spec in topology::expected_consumers() {
+        if !streams.contains_key(spec.stream) {
+            streams.insert(spec.stream, js.get_stream(spec.stream).await.ok());
+        }
+        let mut status = ConsumerStatus {
+            stream: spec.stream.to_string(),
+            consumer: spec.durable.to_string(),
+            state: "missing".to_string(),
+            dead_letters: dead_letters.get(&topology::dead_letter_subject(spec.durable)).copied().unwrap_or(0),
+            ..ConsumerStatus::default()
+        };
+        if let Some(stream) = streams.get(spec.stream).and_then(Option::as_ref) {
+            read_consumer(stream, &spec, &mut status).await;
+        }
+        consumers.push(status);
+    }
+    consumers
+}
+
+async fn read_consumer(stream: &Stream, spec: &ConsumerSpec, status: &mut ConsumerStatus) {
+    let Ok(info) = stream.consumer_info(spec.durable).await else { return };
+    status.active_pullers = info.num_waiting as u64;
+    status.pending = info.num_pending;
+    status.ack_pending = info.num_ack_pending as u64;
+    let filters = filters_of(spec, &info.config);
+
+    // The first event past the ack floor that the filter takes is the oldest
+    // one not acknowledged: were it acknowledged, the floor would be past it.
+    if status.pending + status.ack_pending > 0 {
+        let mut oldest: Option<i128> = None;
+        for filter in &filters {
+            let next = stream
+                .raw_message_builder()
+                .sequence(info.ack_floor.stream_sequence + 1)
+                .next_by_subject(filter.clone())
+                .send()
+                .await;
+            if let Ok(message) = next {
+                let at = message.time.unix_timestamp_nanos() / 1_000_000;
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+        }
+        if let Some(at) = oldest {
+            status.oldest_unprocessed_age_ms = (i128::from(now_unix_ms()) - at).max(0) as i64;
+        }
+    }
+
+    // Every delivery bumps the consumer sequence; each event delivered at
+    // least once is one that the filter takes and that is no longer pending.
+    let mut matching = 0u64;
+    for filter in &filters {
+        matching += subject_counts_of(stream, filter).await.values().sum::<u64>();
+    }
+    let delivered_once = matching.saturating_sub(info.num_pending);
+    status.redeliveries = info.delivered.consumer_sequence.saturating_sub(delivered_once);
+
+    status.state = if status.active_pullers == 0 {
+        "down"
+    } else if status.oldest_unprocessed_age_ms > FALLBACK_LATE_AFTER.as_millis() as i64 {
+        "lagging"
+    } else {
+        "ok"
+    }
+    .to_string();
+}
+
+/// The subjects the durable takes: the server's view, or the spec's.
+fn filters_of(spec: &ConsumerSpec, config: &jetstream::consumer::Config) -> Vec<String> {
+    let mut filters: Vec<String> = config.filter_subjects.clone();
+    if !config.filter_subject.is_empty() {
+        filters.push(config.filter_subject.clone());
+    }
+    if filters.is_empty() {
+        filters = spec.filter_subjects.clone();
+    }
+    filters
+}
+
+/// Messages per subject in `stream` under `filter`; empty when unknown.
+async fn subject_counts(js: &jetstream::Context, stream: &str, filter: &str) -> HashMap<String, u64> {
+    match js.get_stream(stream).await {
+        Ok(stream) => subject_counts_of(&stream, filter).await,
+        Err(_) => HashMap::new(),
+    }
+}
+
+async fn subject_counts_of(stream: &Stream, filter: &str) -> HashMap<String, u64> {
+    let Ok(subjects) = stream.info_with_subjects(filter).await else { return HashMap::new() };
+    subjects.map_ok(|(subject, count)| (subject, count as u64)).try_collect().await.unwrap_or_default()
+}
+
+impl From<&ConsumerHealth> for ConsumerStatus {
+    fn from(health: &ConsumerHealth) -> Self {
+        Self {
+            stream: health.stream.clone(),
+            consumer: health.consumer.clone(),
+            state: health.state.clone(),
+            active_pullers: health.active_pullers,
+            pending: health.pending,
+            ack_pending: health.ack_pending,
+            oldest_unprocessed_age_ms: health.oldest_unprocessed_age_ms,
+            redeliveries: health.redeliveries,
+            dead_letters: health.dead_letters,
+            dead_letter_reasons: health.dead_letter_reasons.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+impl From<&tracehop_proto::v1::Alert> for AlertStatus {
+    fn from(alert: &tracehop_proto::v1::Alert) -> Self {
+        Self {
+            alert_id: alert.alert_id.clone(),
+            kind: alert_kind_name(alert.kind),
+            stream: alert.stream.clone(),
+            consumer: alert.consumer.clone(),
+            backlog: alert.backlog,
+            oldest_unprocessed_age_ms: alert.oldest_unprocessed_age_ms,
+            raised_at_unix_ms: alert.raised_at_unix_ms,
+            incident_duration_ms: alert.incident_duration_ms,
+            processed_late: alert.processed_late,
+            message: alert.message.clone(),
+        }
+    }
+}
+
+/// `consumer_down` for `ALERT_KIND_CONSUMER_DOWN`; `unknown` for a value
+/// this build does not know.
+fn alert_kind_name(kind: i32) -> String {
+    match AlertKind::try_from(kind) {
+        Ok(AlertKind::Unspecified) | Err(_) => "unknown".to_string(),
+        Ok(kind) => kind.as_str_name().trim_start_matches("ALERT_KIND_").to_ascii_lowercase(),
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The status for `--json`: `{"services", "consumers", "alerts", "sentinel"}`
+/// (plus `sentinel_error`, `deadline_ms` or `nats_error` when they apply).
+pub fn render_json(status: &Status) -> Value {
+    serde_json::to_value(status).unwrap_or(Value::Null)
+}
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const DIM: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+/// The status for people: a table of services, a table of consumers, then
+/// the open alerts (or why there are none). `now_unix_ms` dates the alerts;
+/// `color` paints what is down red and what is late yellow.
+pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
+    let mut out = String::new();
+    out.push_str("services\n");
+    let rows: Vec<(Vec<String>, Option<&str>)> = status
+        .services
+        .iter()
+        .map(|s| {
+            let cells = vec![
+                clean(&s.name),
+                clean(&s.state),
+                s.pid.map_or("-".to_string(), |p| p.to_string()),
+                s.version.as_deref().map_or("-".to_string(), clean),
+            ];
+            (cells, (s.state != "up").then_some(RED))
+        })
+        .collect();
+    let columns = [("service", Left), ("state", Left), ("pid", Right), ("version", Left)];
+    table(&mut out, &columns, &rows, color);
+
+    out.push('\n');
+    if let Some(error) = &status.nats_error {
+        let _ = writeln!(out, "consumers: unknown, NATS is unreachable: {}", clean(error));
+        return out;
+    }
+    let source = match (status.sentinel, status.deadline_ms) {
+        (true, Some(deadline)) if deadline > 0 => format!("from the sentinel; late after {}", age(deadline)),
+        (true, _) => "from the sentinel".to_string(),
+        (false, _) => "read from JetStream".to_string(),
+    };
+    let _ = writeln!(out, "consumers ({source})");
+    let rows: Vec<(Vec<String>, Option<&str>)> = status
+        .consumers
+        .iter()
+        .map(|c| {
+            let cells = vec![
+                clean(&c.consumer),
+                clean(&c.stream),
+                clean(&c.state),
+                c.active_pullers.to_string(),
+                c.pending.to_string(),
+                c.ack_pending.to_string(),
+                age(c.oldest_unprocessed_age_ms),
+                c.redeliveries.to_string(),
+                c.dead_letters.to_string(),
+            ];
+            let paint = match c.state.as_str() {
+                "ok" => None,
+                "lagging" => Some(YELLOW),
+                _ => Some(RED),
+            };
+            (cells, paint)
+        })
+        .collect();
+    let columns = [
+        ("consumer", Left),
+        ("stream", Left),
+        ("state", Left),
+        ("pullers", Right),
+        ("pending", Right),
+        ("ack pending", Right),
+        ("oldest", Right),
+        ("redelivered", Right),
+        ("dead letters", Right),
+    ];
+    table(&mut out, &columns, &rows, color);
+
+    out.push('\n');
+    if !status.sentinel {
+        match &status.sentinel_error {
+            None => out.push_str("sentinel not running: no alerts\n"),
+            Some(error) => {
+                let _ = writeln!(out, "sentinel not answering ({}): no alerts", clean(error));
+            }
+        }
+        return out;
+    }
+    if status.alerts.is_empty() {
+        out.push_str("alerts: none\n");
+        return out;
+    }
+    let _ = writeln!(out, "alerts ({})", status.alerts.len());
+    for alert in &status.alerts {
+        let mut line = format!(
+            "  {:<18} {}/{}  backlog {}, oldest {}",
+            clean(&alert.kind).replace('_', " "),
+            clean(&alert.stream),
+            clean(&alert.consumer),
+            alert.backlog,
+            age(alert.oldest_unprocessed_age_ms),
+        );
+        if alert.raised_at_unix_ms > 0 {
+            let _ = write!(line, ", raised {} ago", age((now_unix_ms - alert.raised_at_unix_ms).max(1)));
+        }
+        if !alert.message.is_empty() {
+            let _ = write!(line, ": {}", clean(&alert.message));
+        }
+        push_line(&mut out, &line, color.then_some(RED));
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Writes a table indented by two spaces, columns two spaces apart, each as
+/// wide as its widest cell; a row's paint colours the whole row.
+fn table(out: &mut String, columns: &[(&str, Align)], rows: &[(Vec<String>, Option<&str>)], color: bool) {
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (heading, _))| {
+            rows.iter().map(|(cells, _)| cells[i].chars().count()).chain([heading.chars().count()]).max().unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(columns)
+            .zip(&widths)
+            .map(|((cell, (_, align)), width)| {
+                let fill = " ".repeat(width.saturating_sub(cell.chars().count()));
+                match align {
+                    Left => format!("{cell}{fill}"),
+                    Right => format!("{fill}{cell}"),
+                }
+            })
+            .collect();
+        format!("  {}", padded.join("  ")).trim_end().to_string()
+    };
+    push_line(out, &line(columns.iter().map(|(heading, _)| *heading).collect()), color.then_some(DIM));
+    for (cells, paint) in rows {
+        push_line(out, &line(cells.iter().map(String::as_str).collect()), paint.filter(|_| color));
+    }
+}
+
+fn push_line(out: &mut String, line: &str, paint: Option<&str>) {
+    match paint {
+        Some(code) => {
+            let _ = writeln!(out, "{code}{line}{RESET}");
+        }
+        None => {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+/// A duration in milliseconds for people: `-` for none, `850ms`, `12.3s`,
+/// `4m05s`, `2h10m`, `3d04h`.
+pub fn age(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".to_string();
+    }
+    let secs = ms / 1000;
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if ms < 86_400_000 {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    } else {
+        format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3600)
+    }
+}
+
+/// Text from another process, stripped of control characters before it
+/// reaches the terminal.
+fn clean(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}

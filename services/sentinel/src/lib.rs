@@ -1,0 +1,69 @@
+//! The sentinel: it knows which consumers must process each stream's events
+//! (from [`tracehop_messaging::topology::expected_consumers`]) and watches
+//! them through JetStream's own state, so that a consumer that stops
+//! processing is noticed even though nothing ever fails loudly: the events
+//! just wait.
+//!
+//! It reports, for each consumer:
+//! - **down** (nobody pulling) or **lagging** (its oldest unprocessed event
+//!   is older than the deadline): an alert, published on
+//!   `tracehop.alerts.<consumer>` and logged, naming the backlog and the
+//!   oldest age;
+//! - every event the consumer misses: a failure span in that event's own
+//!   trace, child of its producer span, naming the consumer and the delay
+//!   (bounded per incident; the rest are counted);
+//! - recovery: once it has caught up, a span and an alert saying how long
+//!   the incident lasted and how many events were processed late;
+//! - dead letters: count and reasons.
+//!
+//! `svc.sentinel.status` answers with all of it (`tracehop status`).
+//!
+//! Modules: [`config`], [`watch`] (the per-consumer state machine),
+//! [`dead_letters`] (counting and reasons, and the max-deliveries advisory).
+
+pub mod config;
+pub mod dead_letters;
+pub mod watch;
+
+pub use config::Config;
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tracehop_messaging::{Responder, topology};
+use tracehop_proto::subjects;
+use tracehop_proto::v1::{Error as WireError, SentinelStatusReply, SentinelStatusRequest};
+use tracehop_service::Runtime;
+
+/// `service.name` of this service.
+pub const SERVICE: &str = "sentinel";
+
+/// The sentinel's shared view, read by the status responder.
+pub type SharedView = Arc<Mutex<SentinelStatusReply>>;
+
+/// Watches every expected consumer until shutdown.
+pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let view: SharedView = Arc::new(Mutex::new(SentinelStatusReply {
+        deadline_ms: config.deadline.as_millis() as i64,
+        ..Default::default()
+    }));
+    let watcher = watch::Watcher::new(js.clone(), runtime.nats.clone(), config.clone(), topology::expected_consumers());
+    let responder = Responder::new(runtime.nats.clone(), SERVICE, runtime.shutdown.clone());
+    tokio::try_join!(
+        async { responder.serve(subjects::SENTINEL_STATUS, view.clone(), status).await.map_err(anyhow::Error::from) },
+        async {
+            watcher.run(view.clone(), runtime.shutdown.clone()).await;
+            Ok(())
+        },
+        async {
+            dead_letters::watch_max_deliveries(runtime.nats.clone(), js.clone(), runtime.shutdown.clone()).await;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+async fn status(view: SharedView, _request: SentinelStatusRequest) -> Result<SentinelStatusReply, WireError> {
+    Ok(view.lock().await.clone())
+}
