@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tracehop_db::traced;
+use tracehop_db::{describe_error, traced};
 use tracehop_messaging::async_nats::Client;
 use tracehop_messaging::{Delivery, ProcessError, RequestError, request};
 use tracehop_proto::subjects;
@@ -26,7 +26,7 @@ pub enum AccrueError {
     Invalid(String),
     /// A statement failed; its own span holds the details. The database's
     /// message is left out, as it may quote values.
-    #[error("a database statement failed ({})", describe_sqlx(.0))]
+    #[error("a database statement failed ({})", describe_error(.0))]
     Database(#[from] sqlx::Error),
     /// Inventory did not price the items.
     #[error("failed to price the items: {0}")]
@@ -43,19 +43,6 @@ impl From<AccrueError> for ProcessError {
             // The database or inventory may be back on the next delivery.
             other => ProcessError::Retry(other.to_string()),
         }
-    }
-}
-
-fn describe_sqlx(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(db_error) => match db_error.code() {
-            Some(code) => format!("sqlstate {code}"),
-            None => "database error".to_string(),
-        },
-        sqlx::Error::PoolTimedOut => "no connection available".to_string(),
-        sqlx::Error::PoolClosed => "pool closed".to_string(),
-        sqlx::Error::Io(error) => format!("i/o: {}", error.kind()),
-        _ => "unexpected error".to_string(),
     }
 }
 

@@ -14,7 +14,7 @@
 
 use lettre::message::Mailbox;
 use sqlx::PgPool;
-use tracehop_db::traced;
+use tracehop_db::{describe_error, traced};
 use tracehop_messaging::{Delivery, ProcessError};
 use tracehop_proto::v1::OrderEvent;
 use tracing::field::Empty;
@@ -31,7 +31,7 @@ pub enum NotifyError {
     Invalid(String),
     /// A statement failed; its own span holds the details. The database's
     /// message is left out, as it may quote values.
-    #[error("a database statement failed ({})", describe_sqlx(.0))]
+    #[error("a database statement failed ({})", describe_error(.0))]
     Database(#[from] sqlx::Error),
     /// The mail did not go out; the transaction is rolled back.
     #[error("{0}")]
@@ -46,19 +46,6 @@ impl From<NotifyError> for ProcessError {
             // delivery.
             other => ProcessError::Retry(other.to_string()),
         }
-    }
-}
-
-fn describe_sqlx(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(db_error) => match db_error.code() {
-            Some(code) => format!("sqlstate {code}"),
-            None => "database error".to_string(),
-        },
-        sqlx::Error::PoolTimedOut => "no connection available".to_string(),
-        sqlx::Error::PoolClosed => "pool closed".to_string(),
-        sqlx::Error::Io(error) => format!("i/o: {}", error.kind()),
-        _ => "unexpected error".to_string(),
     }
 }
 

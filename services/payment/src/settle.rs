@@ -55,20 +55,14 @@ impl Settlement {
             .fetch_optional(&self.pool),
         )
         .await
-        .map_err(|error| ProcessError::Retry(format!("failed to settle the payment ({})", error_kind(&error))))?;
+        .map_err(|error| {
+            ProcessError::Retry(format!("failed to settle the payment ({})", tracehop_db::describe_error(&error)))
+        })?;
         let settlement = outcome.as_deref().unwrap_or("none");
         tracing::Span::current().record("payment.settlement", settlement);
         if settlement == "refunded" {
             tracing::info!(order.id = %order_id, "refunded the charge of a failed order");
         }
         Ok(())
-    }
-}
-
-fn error_kind(error: &sqlx::Error) -> &'static str {
-    match error {
-        sqlx::Error::Database(_) => "database error",
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => "database unavailable",
-        _ => "database failure",
     }
 }

@@ -115,3 +115,19 @@ pub fn wire_error(error: &sqlx::Error) -> tracehop_proto::v1::Error {
         _ => Error::new(ErrorCode::Internal, "internal error"),
     }
 }
+
+/// A description of a failed statement that is safe to log, trace or put in
+/// a dead letter's reason: the SQLSTATE or the kind of failure, never the
+/// database's message, which may quote values.
+pub fn describe_error(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db_error) => match db_error.code() {
+            Some(code) => format!("sqlstate {code}"),
+            None => "database error".to_string(),
+        },
+        sqlx::Error::PoolTimedOut => "no connection available".to_string(),
+        sqlx::Error::PoolClosed => "pool closed".to_string(),
+        sqlx::Error::Io(error) => format!("i/o: {}", error.kind()),
+        _ => "unexpected error".to_string(),
+    }
+}
