@@ -77,7 +77,10 @@ async fn kill_and_recover(consumer: &str, table: &str) {
             break alert;
         }
     };
-    assert_eq!(recovered.processed_late, 3, "{recovered:?}");
+    // The three orders placed while it was down; a fourth when the kill fell
+    // between the commit of the first order's effect and its ack, so that
+    // the event is delivered again (and skipped as already applied).
+    assert!((3..=4).contains(&recovered.processed_late), "{recovered:?}");
     assert!(recovered.incident_duration_ms > 0);
     assert_eq!(scalar(&system, &format!("SELECT COUNT(*) FROM {table}")).await, 4, "every order processed once");
     println!(
