@@ -132,7 +132,9 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
         .with_tracer(tracer)
         .with_error_records_to_exceptions(true)
         .with_filter(otel_filter);
+    // Colors only for a person at a terminal, not in log files.
     let log_layer = fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .event_format(logfmt::TraceIdsFormat::new(config.service_name))
         .with_filter(EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info")));
     // Installed with `set_global_default`, not `try_init`: `try_init` also
