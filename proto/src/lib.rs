@@ -119,3 +119,9 @@ pub mod subjects {
 }
 
 pub mod validate;
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind().short_name(), self.message)
+    }
+}

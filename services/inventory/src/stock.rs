@@ -33,7 +33,7 @@ impl Stock {
 
     /// Reserves every item of the order or none. A retry for the same order
     /// returns the reservation already made.
-    #[tracing::instrument(name = "reserve stock", skip_all, fields(order.id = %request.order_id, item.count = request.items.len() as i64), err(Debug))]
+    #[tracing::instrument(name = "reserve stock", skip_all, fields(order.id = %request.order_id, item.count = request.items.len() as i64), err(Display))]
     pub async fn reserve(self, request: ReserveStockRequest) -> Reply<ReserveStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         if request.items.is_empty() {
@@ -128,7 +128,7 @@ impl Stock {
     }
 
     /// Turns the order's reservation into a sale. Idempotent.
-    #[tracing::instrument(name = "commit stock", skip_all, fields(order.id = %request.order_id), err(Debug))]
+    #[tracing::instrument(name = "commit stock", skip_all, fields(order.id = %request.order_id), err(Display))]
     pub async fn commit(self, request: CommitStockRequest) -> Reply<CommitStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         traced(
@@ -152,7 +152,7 @@ impl Stock {
     /// Puts the order's reserved stock back on hand. Idempotent, and a no-op
     /// for an order with nothing reserved (so it is always safe as a
     /// compensation).
-    #[tracing::instrument(name = "release stock", skip_all, fields(order.id = %request.order_id), err(Debug))]
+    #[tracing::instrument(name = "release stock", skip_all, fields(order.id = %request.order_id), err(Display))]
     pub async fn release(self, request: ReleaseStockRequest) -> Reply<ReleaseStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         let released: Vec<i32> = traced(
@@ -174,7 +174,7 @@ impl Stock {
     }
 
     /// Unit prices of the requested SKUs; any unknown SKU is an error.
-    #[tracing::instrument(name = "get prices", skip_all, fields(sku.count = request.skus.len() as i64), err(Debug))]
+    #[tracing::instrument(name = "get prices", skip_all, fields(sku.count = request.skus.len() as i64), err(Display))]
     pub async fn prices(self, request: GetPricesRequest) -> Reply<GetPricesReply> {
         if request.skus.is_empty() {
             return Err(invalid("no sku given"));

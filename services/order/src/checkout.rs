@@ -64,7 +64,7 @@ impl Orders {
             order.idempotency_key_present = !request.idempotency_key.is_empty(),
             order.idempotent_replay = tracing::field::Empty,
         ),
-        err(Debug)
+        err(Display)
     )]
     pub async fn place(self, request: PlaceOrderRequest) -> Result<PlaceOrderReply, WireError> {
         request.validate().map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))?;
@@ -298,7 +298,7 @@ impl Orders {
     }
 
     /// Reads one order.
-    #[tracing::instrument(name = "get order", skip_all, fields(order.id = %request.order_id), err(Debug))]
+    #[tracing::instrument(name = "get order", skip_all, fields(order.id = %request.order_id), err(Display))]
     pub async fn get(self, request: GetOrderRequest) -> Result<GetOrderReply, WireError> {
         let order_id = Uuid::parse_str(&request.order_id)
             .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "order_id is not a UUID"))?;
