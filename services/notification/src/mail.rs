@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
-use lettre::{Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use tracehop_proto::v1::{OrderEvent, OrderStatus};
 use uuid::Uuid;
 
@@ -140,8 +140,10 @@ pub fn build(from: &Mailbox, to: Address, event_id: Uuid, rendered: Rendered) ->
 pub enum Mailer {
     /// Plain SMTP to one server.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// One `.eml` file per mail in a directory.
-    File(AsyncFileTransport<Tokio1Executor>),
+    /// One `.eml` file per mail in a directory, named after the event: a
+    /// mail sent again (after a crash between sending and recording it)
+    /// replaces the first one instead of adding a second.
+    File(std::path::PathBuf),
 }
 
 /// A failed send, described without anything the server said.
@@ -162,7 +164,7 @@ impl Mailer {
     /// A mailer that writes into `dir`, creating it if needed.
     pub async fn file(dir: &Path) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(dir).await?;
-        Ok(Mailer::File(AsyncFileTransport::<Tokio1Executor>::new(dir)))
+        Ok(Mailer::File(dir.to_path_buf()))
     }
 
     /// `smtp` or `file`, for spans and logs.
@@ -181,13 +183,20 @@ impl Mailer {
         fields(otel.kind = "client", notification.transport = self.transport_name()),
         err
     )]
-    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+    pub async fn send(&self, message: Message, event_id: Uuid) -> Result<(), SendError> {
         match self {
             Mailer::Smtp(transport) => {
                 transport.send(message).await.map(drop).map_err(|error| SendError(describe_smtp(&error)))
             }
-            Mailer::File(transport) => {
-                transport.send(message).await.map(drop).map_err(|error| SendError(describe_file(&error)))
+            Mailer::File(dir) => {
+                // Written aside, then renamed: a reader never sees half a mail.
+                let path = dir.join(format!("{event_id}.eml"));
+                let partial = dir.join(format!(".{event_id}.eml.partial"));
+                let written = async {
+                    tokio::fs::write(&partial, message.formatted()).await?;
+                    tokio::fs::rename(&partial, &path).await
+                };
+                written.await.map_err(|error| SendError(format!("failed to write the mail file ({})", error.kind())))
             }
         }
     }
@@ -227,13 +236,6 @@ fn describe_smtp(error: &lettre::transport::smtp::Error) -> String {
         (Some(code), _) => format!("smtp send failed: {what} (reply code {code})"),
         (None, Some(kind)) => format!("smtp send failed: {what} ({kind})"),
         (None, None) => format!("smtp send failed: {what}"),
-    }
-}
-
-fn describe_file(error: &lettre::transport::file::Error) -> String {
-    match io_kind(error) {
-        Some(kind) => format!("failed to write the mail file ({kind})"),
-        None => "failed to write the mail file".to_string(),
     }
 }
 
@@ -346,9 +348,13 @@ mod tests {
         let event = event(OrderStatus::Confirmed);
         let from: Mailbox = "tracehop <orders@tracehop.invalid>".parse().unwrap();
         let message = build(&from, EMAIL.parse().unwrap(), Uuid::new_v4(), render(Kind::Confirmation, &event)).unwrap();
-        mailer.send(message).await.unwrap();
+        let event_id = Uuid::new_v4();
+        mailer.send(message.clone(), event_id).await.unwrap();
+        // Sent again for the same event: still one file.
+        mailer.send(message, event_id).await.unwrap();
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().path()).collect();
         assert_eq!(files.len(), 1);
+        assert_eq!(files[0].file_stem().and_then(|s| s.to_str()), Some(event_id.to_string().as_str()));
         assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("eml"));
         let raw = std::fs::read_to_string(&files[0]).unwrap();
         assert!(raw.contains(&event.order_id));

@@ -9,8 +9,10 @@
 //! failed commit, between a successful send and the commit rolls the row
 //! back, and the redelivery sends the mail again. So the guarantee is at
 //! least once, at most one extra copy per such failure; both copies carry
-//! the same Message-ID (see [`crate::mail::build`]). Exactly once would need
-//! the mail server to take part in the transaction, which SMTP cannot.
+//! the same Message-ID (see [`crate::mail::build`]). Over SMTP, exactly once
+//! would need the mail server to take part in the transaction, which SMTP
+//! cannot; the file mailer names each file after the event, so there the
+//! second copy replaces the first.
 
 use lettre::message::Mailbox;
 use sqlx::PgPool;
@@ -152,7 +154,7 @@ impl Notifier {
         if let Some(message) = message {
             // A failure drops the transaction, rolling the row back, so that
             // the redelivery tries again.
-            self.mailer.send(message).await?;
+            self.mailer.send(message, event_id).await?;
         }
         // A crash or a failed commit from here on resends once: see the
         // module's documentation.
