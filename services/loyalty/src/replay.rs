@@ -40,7 +40,9 @@ impl Projection for Accrual {
     /// transaction that holds off live accruals (see the module's
     /// documentation).
     async fn reset(&self) -> Result<(), ResetError> {
-        let failed = |error: sqlx::Error| ResetError::Failed(format!("failed to reset loyalty ({})", kind(&error)));
+        let failed = |error: sqlx::Error| {
+            ResetError::Failed(format!("failed to reset loyalty ({})", tracehop_db::describe_error(&error)))
+        };
         let mut tx = self.pool().begin().await.map_err(failed)?;
         traced(
             "LOCK",
@@ -61,14 +63,5 @@ impl Projection for Accrual {
         .await
         .map_err(failed)?;
         tx.commit().await.map_err(failed)
-    }
-}
-
-/// What went wrong, without the database's message (it may quote values).
-fn kind(error: &sqlx::Error) -> &'static str {
-    match error {
-        sqlx::Error::Database(_) => "database error",
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => "database unavailable",
-        _ => "database failure",
     }
 }
