@@ -103,16 +103,26 @@ fn sqlx_error_kind(error: &sqlx::Error) -> &'static str {
 }
 
 /// The wire error for a failed statement, for a service's reply: a
-/// connection problem is `UNAVAILABLE` (worth retrying), anything else
-/// `INTERNAL`. The details stay in the log and the trace, never in the reply.
+/// connection problem or a server restart is `UNAVAILABLE` (worth
+/// retrying), anything else `INTERNAL`. The details stay in the log and the
+/// trace, never in the reply; the log gets only [`describe_error`], as the
+/// database's own message may quote values.
 pub fn wire_error(error: &sqlx::Error) -> tracehop_proto::v1::Error {
     use tracehop_proto::v1::{Error, ErrorCode};
-    tracing::error!(error = %error, "database statement failed");
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            Error::new(ErrorCode::Unavailable, "the database is unavailable")
+    tracing::error!(error = %describe_error(error), "database statement failed");
+    let unavailable = match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // Connection exceptions (08) and operator intervention (57: the
+        // server shutting down or restarting) pass with the outage.
+        sqlx::Error::Database(db_error) => {
+            db_error.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57"))
         }
-        _ => Error::new(ErrorCode::Internal, "internal error"),
+        _ => false,
+    };
+    if unavailable {
+        Error::new(ErrorCode::Unavailable, "the database is unavailable")
+    } else {
+        Error::new(ErrorCode::Internal, "internal error")
     }
 }
 

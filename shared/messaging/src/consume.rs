@@ -163,8 +163,11 @@ where
             match next {
                 Some(Ok(message)) => process(&js, &spec, message, &handler).await,
                 Some(Err(error)) => {
-                    // Missed heartbeats and the like: the stream recovers by itself.
-                    tracing::debug!(consumer = spec.durable, %error, "pull stream reported an error");
+                    // Missed heartbeats (a NATS restart), a deleted consumer:
+                    // start over with a fresh pull stream rather than trust
+                    // this one to recover by itself.
+                    tracing::info!(consumer = spec.durable, %error, "pull stream failed, pulling again");
+                    break;
                 }
                 None => break,
             }
