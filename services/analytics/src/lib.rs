@@ -23,7 +23,7 @@ pub mod summary;
 pub use config::Config;
 
 use anyhow::Context as _;
-use tracehop_messaging::{Responder, async_nats, run_consumer, topology};
+use tracehop_messaging::{Responder, async_nats, run_projection, topology};
 use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
@@ -40,36 +40,17 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let summary = summary::Summary::new(pool.clone());
     let js = async_nats::jetstream::new(runtime.nats.clone());
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
-    let replay_js = js.clone();
-    let replayer = recorder.clone();
-    let replay_shutdown = runtime.shutdown.clone();
     let result = tokio::try_join!(
         async {
-            run_consumer(
-                js,
-                topology::analytics_consumer(),
-                move |delivery| recorder.clone().handle(delivery),
-                runtime.shutdown,
-            )
-            .await
-            .context("the analytics consumer failed")
+            run_projection(&responder, js, topology::analytics_consumer(), recorder, runtime.shutdown)
+                .await
+                .context("the analytics projection failed")
         },
         async {
             responder
                 .serve(subjects::ANALYTICS_SUMMARY, summary, summary::Summary::summary)
                 .await
                 .with_context(|| format!("failed to serve {}", subjects::ANALYTICS_SUMMARY))
-        },
-        async {
-            tracehop_messaging::replay::serve(
-                &responder,
-                replay_js,
-                topology::analytics_consumer(),
-                replayer,
-                replay_shutdown,
-            )
-            .await
-            .with_context(|| format!("failed to serve {}", subjects::replay(SERVICE)))
         },
     );
     pool.close().await;

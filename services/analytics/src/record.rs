@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 use tracehop_db::{describe_error, traced};
-use tracehop_messaging::{Delivery, ProcessError};
+use tracehop_messaging::ProcessError;
 use tracehop_proto::v1::{OrderEvent, OrderStatus};
 use tracing::field::Empty;
 use uuid::Uuid;
@@ -87,12 +87,6 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-
-    /// Handles one delivery: a malformed event is rejected, a database
-    /// failure retried.
-    pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
-        self.record(&delivery.event).await.map(drop).map_err(ProcessError::from)
     }
 
     /// Records the event and moves the totals, once; returns false, changing

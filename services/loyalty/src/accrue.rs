@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tracehop_db::{describe_error, traced};
 use tracehop_messaging::async_nats::Client;
-use tracehop_messaging::{Delivery, ProcessError, RequestError, request};
+use tracehop_messaging::{ProcessError, RequestError, request};
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{GetPricesReply, GetPricesRequest, OrderEvent, OrderStatus, PricedItem};
 use tracing::field::Empty;
@@ -63,12 +63,6 @@ pub struct Accrual {
 impl Accrual {
     pub fn new(pool: PgPool, nats: Client, pricing: Pricing, price_timeout: Duration) -> Self {
         Self { pool, nats, pricing, price_timeout }
-    }
-
-    /// Handles one delivery: a malformed event is rejected, a database or
-    /// pricing failure retried.
-    pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
-        self.accrue(&delivery.event).await.map(drop).map_err(ProcessError::from)
     }
 
     /// Accrues the event's points once; returns false, changing nothing,

@@ -29,8 +29,7 @@ pub mod replay;
 pub use config::{Config, Pricing};
 
 use anyhow::Context as _;
-use tracehop_messaging::{Responder, async_nats, run_consumer, topology};
-use tracehop_proto::subjects;
+use tracehop_messaging::{Responder, async_nats, run_projection, topology};
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
@@ -45,30 +44,9 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let accrual = accrue::Accrual::new(pool.clone(), runtime.nats.clone(), config.pricing, config.price_timeout);
     let js = async_nats::jetstream::new(runtime.nats.clone());
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
-    let replayer = accrual.clone();
-    let result = tokio::try_join!(
-        async {
-            run_consumer(
-                js.clone(),
-                topology::loyalty_consumer(),
-                move |delivery| accrual.clone().handle(delivery),
-                runtime.shutdown.clone(),
-            )
-            .await
-            .context("the loyalty consumer failed")
-        },
-        async {
-            tracehop_messaging::replay::serve(
-                &responder,
-                js.clone(),
-                topology::loyalty_consumer(),
-                replayer,
-                runtime.shutdown.clone(),
-            )
-            .await
-            .with_context(|| format!("failed to serve {}", subjects::replay(SERVICE)))
-        },
-    );
+    let result = run_projection(&responder, js, topology::loyalty_consumer(), accrual, runtime.shutdown)
+        .await
+        .context("the loyalty projection failed");
     pool.close().await;
     result.map(|_| ())
 }

@@ -30,8 +30,7 @@ pub mod replay;
 pub use config::{Config, SmtpServer};
 
 use anyhow::Context as _;
-use tracehop_messaging::{Responder, async_nats, run_consumer, topology};
-use tracehop_proto::subjects;
+use tracehop_messaging::{Responder, async_nats, run_projection, topology};
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
@@ -53,30 +52,9 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let notifier = notify::Notifier::new(pool.clone(), mailer, config.from);
     let js = async_nats::jetstream::new(runtime.nats.clone());
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
-    let replayer = notifier.clone();
-    let result = tokio::try_join!(
-        async {
-            run_consumer(
-                js.clone(),
-                topology::notification_consumer(),
-                move |delivery| notifier.clone().handle(delivery),
-                runtime.shutdown.clone(),
-            )
-            .await
-            .context("the notification consumer failed")
-        },
-        async {
-            tracehop_messaging::replay::serve(
-                &responder,
-                js.clone(),
-                topology::notification_consumer(),
-                replayer,
-                runtime.shutdown.clone(),
-            )
-            .await
-            .with_context(|| format!("failed to serve {}", subjects::replay(SERVICE)))
-        },
-    );
+    let result = run_projection(&responder, js, topology::notification_consumer(), notifier, runtime.shutdown)
+        .await
+        .context("the notification projection failed");
     pool.close().await;
     result.map(|_| ())
 }

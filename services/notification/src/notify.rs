@@ -17,7 +17,7 @@
 use lettre::message::Mailbox;
 use sqlx::PgPool;
 use tracehop_db::{describe_error, traced};
-use tracehop_messaging::{Delivery, ProcessError};
+use tracehop_messaging::ProcessError;
 use tracehop_proto::v1::OrderEvent;
 use tracing::field::Empty;
 use uuid::Uuid;
@@ -84,12 +84,6 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(pool: PgPool, mailer: Mailer, from: Mailbox) -> Self {
         Self { pool, mailer, from }
-    }
-
-    /// Handles one delivery: a malformed event is rejected, a database or
-    /// send failure retried.
-    pub async fn handle(self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
-        self.notify(&delivery.event).await.map(drop).map_err(ProcessError::from)
     }
 
     /// Records and sends the event's notification once; returns false,

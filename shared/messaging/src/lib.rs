@@ -29,7 +29,7 @@ pub mod topology;
 
 pub use consume::{ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, store_dead_letter};
 pub use publish::{PublishError, publish_event};
-pub use replay::{Outcome, Projection, ResetError};
+pub use replay::{Outcome, Projection, ProjectionError, ResetError, run_projection};
 pub use request::{RequestError, probe, request, request_reply};
 pub use serve::{Responder, serve};
 

@@ -106,6 +106,49 @@ pub trait Projection: Clone + Send + Sync + 'static {
     fn reset(&self) -> impl Future<Output = Result<(), ResetError>> + Send;
 }
 
+/// Why a projection stopped running.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Consumer(#[from] crate::topology::TopologyError),
+    #[error("failed to serve replay requests: {0}")]
+    Replay(#[from] async_nats::SubscribeError),
+}
+
+/// Runs a projection for real until `shutdown`: its durable consumer, which
+/// hands live events to [`Projection::apply`], and its replay responder,
+/// which hands the same handler the stream again on request.
+pub async fn run_projection<P: Projection>(
+    responder: &Responder,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    projection: P,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectionError> {
+    let live = projection.clone();
+    tokio::try_join!(
+        async {
+            crate::consume::run_consumer(
+                js.clone(),
+                spec.clone(),
+                |delivery| {
+                    let applied = live.apply(delivery);
+                    async move { applied.await.map(drop) }
+                },
+                shutdown.clone(),
+            )
+            .await
+            .map_err(ProjectionError::from)
+        },
+        async {
+            serve(responder, js.clone(), spec.clone(), projection, shutdown.clone())
+                .await
+                .map_err(ProjectionError::from)
+        },
+    )?;
+    Ok(())
+}
+
 /// Answers `svc.<consumer>.replay` for `spec`'s consumer with `projection`
 /// until `shutdown`; a replay in progress stops at the next message when
 /// `shutdown` fires, and answers with what it did so far.
