@@ -212,20 +212,12 @@ where
     let _ = span.set_parent(producer);
     span.add_link(producer_span);
 
-    let expected_type = E::full_name();
-    let decoded = match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
-        _ if message.payload.len() > MAX_EVENT_BYTES => {
-            Err(format!("payload of {} bytes is over the limit of {MAX_EVENT_BYTES}", message.payload.len()))
-        }
-        Some(actual) if actual != expected_type => Err(format!("payload type {actual} is not {expected_type}")),
-        _ => E::decode(message.payload.as_ref()).map_err(|_| format!("payload is not a valid {expected_type}")),
-    };
-    let outcome = match decoded {
+    let outcome = match decode_event::<E>(&message) {
         Ok(event) => {
             let delivery = Delivery { event, subject, message_id, delivery_count, stream_sequence };
             handler(delivery).instrument(span.clone()).await
         }
-        Err(reason) => Err(ProcessError::Reject(reason)),
+        Err(rejected) => Err(rejected),
     };
     let last_attempt = delivery_count >= spec.max_deliver;
     let ack = match &outcome {
@@ -254,6 +246,28 @@ where
         // The server redelivers after ack_wait; the handler's idempotency
         // makes that harmless.
         tracing::warn!(parent: &span, consumer = spec.durable, %error, "failed to acknowledge a delivery");
+    }
+}
+
+/// Decodes an event's payload, or says why it never can: too large, of
+/// another type (by its payload type header), or not a valid `E`. The one
+/// rule for live consumption, replay and redrive.
+pub(crate) fn decode_event<E: prost::Message + Name + Default>(
+    message: &jetstream::Message,
+) -> Result<E, ProcessError> {
+    let expected_type = E::full_name();
+    if message.payload.len() > MAX_EVENT_BYTES {
+        return Err(ProcessError::Reject(format!(
+            "payload of {} bytes is over the limit of {MAX_EVENT_BYTES}",
+            message.payload.len()
+        )));
+    }
+    match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
+        Some(actual) if actual != expected_type => {
+            Err(ProcessError::Reject(format!("payload type {actual} is not {expected_type}")))
+        }
+        _ => E::decode(message.payload.as_ref())
+            .map_err(|_| ProcessError::Reject(format!("payload is not a valid {expected_type}"))),
     }
 }
 

@@ -47,8 +47,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use tracehop_proto::v1::{ReplayProgress, ReplayReply, ReplayRequest};
 
-use crate::consume::{ConsumerSpec, Delivery, MAX_EVENT_BYTES, ProcessError};
-use crate::headers::{self, MESSAGE_ID, PAYLOAD_TYPE};
+use crate::consume::{ConsumerSpec, Delivery, ProcessError, decode_event};
+use crate::headers::{self, MESSAGE_ID};
 use crate::request::{RequestError, request_reply};
 use crate::serve::Responder;
 use crate::spans;
@@ -251,25 +251,6 @@ fn invalid(message: String) -> WireError {
 
 fn unavailable(message: String) -> WireError {
     WireError::new(ErrorCode::Unavailable, message)
-}
-
-/// Decodes a payload as the live consumer does: too large, of another
-/// type, or not decodable is a rejection.
-fn decode<E: prost::Message + Name + Default>(message: &jetstream::Message) -> Result<E, ProcessError> {
-    let expected_type = E::full_name();
-    if message.payload.len() > MAX_EVENT_BYTES {
-        return Err(ProcessError::Reject(format!(
-            "payload of {} bytes is over the limit of {MAX_EVENT_BYTES}",
-            message.payload.len()
-        )));
-    }
-    match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
-        Some(actual) if actual != expected_type => {
-            Err(ProcessError::Reject(format!("payload type {actual} is not {expected_type}")))
-        }
-        _ => E::decode(message.payload.as_ref())
-            .map_err(|_| ProcessError::Reject(format!("payload is not a valid {expected_type}"))),
-    }
 }
 
 /// Marks a span with a handler's result.
@@ -499,51 +480,15 @@ impl<P: Projection> Replayer<P> {
         }
 
         let config = self.spec.config();
-        let (mut messages, total, end_seq) =
+        let walked =
             walk(&self.js, self.spec.stream, (config.filter_subject, config.filter_subjects), deliver_policy(request)?)
                 .instrument(root.clone())
                 .await?;
-        root.record("tracehop.replay.total", total as i64);
-        let mut counts = Counts::default();
-        self.publish_progress(request, &counts, total, false).await;
-        let mut remaining = total;
-        while remaining > 0 {
-            let message = match next_message(&mut messages, &self.shutdown).await {
-                Next::Message(message) => message,
-                Next::Shutdown => {
-                    let reply = self.reply(root, &counts, rebuilt, started);
-                    let text =
-                        format!("the service is shutting down: stopped after {} of {total} events", counts.scanned);
-                    return Ok(Self::interrupted(reply, root, text));
-                }
-                Next::Stalled => {
-                    let reply = self.reply(root, &counts, rebuilt, started);
-                    let text = format!("the stream stopped delivering after {} of {total} events", counts.scanned);
-                    return Ok(Self::interrupted(reply, root, text));
-                }
-            };
-            let (sequence, pending) = message.info().map(|info| (info.stream_sequence, info.pending)).unwrap_or((0, 0));
-            let result = self.replay_one(root, &message, sequence).await;
-            counts.add(sequence, &result);
-            remaining = if sequence >= end_seq { 0 } else { pending };
-            if counts.scanned % PROGRESS_EVERY == 0 {
-                self.publish_progress(request, &counts, total, false).await;
-            }
-        }
-        let reply = self.reply(root, &counts, rebuilt, started);
-        self.publish_progress(request, &counts, total, true).await;
-        tracing::info!(
-            parent: root,
-            consumer = durable,
-            scanned = counts.scanned,
-            applied = counts.applied,
-            skipped = counts.skipped,
-            failed = counts.failed,
-            rejected = counts.rejected,
-            elapsed_ms = reply.elapsed_ms,
-            "replay done"
-        );
-        Ok(reply)
+        Ok(self
+            .drive(root, request, walked, rebuilt, started, "events", |message, sequence| async move {
+                self.replay_one(root, &message, sequence).await
+            })
+            .await)
     }
 
     /// Runs the handler on one stream event, in a CONSUMER span under the
@@ -575,7 +520,7 @@ impl<P: Projection> Replayer<P> {
         );
         let producer = headers::extract(message.headers.as_ref());
         span.add_link(producer.span().span_context().clone());
-        let result = match decode::<P::Event>(message) {
+        let result = match decode_event::<P::Event>(message) {
             Ok(event) => {
                 let delivery = Delivery { event, subject, message_id, delivery_count: 1, stream_sequence: sequence };
                 self.projection.apply(delivery).instrument(span.clone()).await
@@ -594,7 +539,7 @@ impl<P: Projection> Replayer<P> {
             .get_stream(DEAD_LETTER_STREAM)
             .await
             .map_err(|error| unavailable(format!("stream {DEAD_LETTER_STREAM} is not available: {error}")))?;
-        let (mut messages, total, end_seq) = walk(
+        let walked = walk(
             &self.js,
             DEAD_LETTER_STREAM,
             (dead_letter_subject(durable), Vec::new()),
@@ -602,48 +547,71 @@ impl<P: Projection> Replayer<P> {
         )
         .instrument(root.clone())
         .await?;
+        let dead_letters = &dead_letters;
+        Ok(self
+            .drive(root, request, walked, false, started, "dead letters", |message, sequence| async move {
+                self.redrive_one(root, &message, sequence, dead_letters).await
+            })
+            .await)
+    }
+
+    /// Hands each walked message to `one`, counting the outcomes and
+    /// publishing progress, until the walk's end, a shutdown or a stream
+    /// that stops delivering; a cut-short run answers with what it did.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive<F, Fut>(
+        &self,
+        root: &tracing::Span,
+        request: &ReplayRequest,
+        (mut messages, total, end_seq): (consumer::pull::Ordered, u64, u64),
+        rebuilt: bool,
+        started: Instant,
+        noun: &str,
+        mut one: F,
+    ) -> ReplayReply
+    where
+        F: FnMut(jetstream::Message, u64) -> Fut,
+        Fut: Future<Output = Result<Outcome, ProcessError>>,
+    {
         root.record("tracehop.replay.total", total as i64);
         let mut counts = Counts::default();
         self.publish_progress(request, &counts, total, false).await;
         let mut remaining = total;
         while remaining > 0 {
             let message = match next_message(&mut messages, &self.shutdown).await {
-                Next::Message(message) => message,
-                Next::Shutdown => {
-                    let reply = self.reply(root, &counts, false, started);
-                    let text = format!(
-                        "the service is shutting down: stopped after {} of {total} dead letters",
-                        counts.scanned
-                    );
-                    return Ok(Self::interrupted(reply, root, text));
-                }
-                Next::Stalled => {
-                    let reply = self.reply(root, &counts, false, started);
-                    let text = format!("the dead letters stopped arriving after {} of {total}", counts.scanned);
-                    return Ok(Self::interrupted(reply, root, text));
+                Next::Message(message) => *message,
+                stopped => {
+                    let why = match stopped {
+                        Next::Shutdown => "the service is shutting down",
+                        _ => "the stream stopped delivering",
+                    };
+                    let text = format!("{why}: stopped after {} of {total} {noun}", counts.scanned);
+                    return Self::interrupted(self.reply(root, &counts, rebuilt, started), root, text);
                 }
             };
             let (sequence, pending) = message.info().map(|info| (info.stream_sequence, info.pending)).unwrap_or((0, 0));
-            let result = self.redrive_one(root, &message, sequence, &dead_letters).await;
+            let result = one(message, sequence).await;
             counts.add(sequence, &result);
             remaining = if sequence >= end_seq { 0 } else { pending };
             if counts.scanned % PROGRESS_EVERY == 0 {
                 self.publish_progress(request, &counts, total, false).await;
             }
         }
-        let reply = self.reply(root, &counts, false, started);
+        let reply = self.reply(root, &counts, rebuilt, started);
         self.publish_progress(request, &counts, total, true).await;
         tracing::info!(
             parent: root,
-            consumer = durable,
+            consumer = self.spec.durable,
+            noun,
             scanned = counts.scanned,
             applied = counts.applied,
             skipped = counts.skipped,
             failed = counts.failed,
             rejected = counts.rejected,
-            "redrive done"
+            elapsed_ms = reply.elapsed_ms,
+            "replay done"
         );
-        Ok(reply)
+        reply
     }
 
     /// Runs the handler on one dead letter, in a CONSUMER span in the
@@ -686,7 +654,7 @@ impl<P: Projection> Replayer<P> {
         let _ = span.set_parent(producer);
         span.add_link(producer_span);
         span.add_link(root.context().span().span_context().clone());
-        let result = match decode::<P::Event>(message) {
+        let result = match decode_event::<P::Event>(message) {
             Ok(event) => {
                 let delivery =
                     Delivery { event, subject, message_id, delivery_count, stream_sequence: original_sequence };
