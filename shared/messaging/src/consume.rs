@@ -193,19 +193,14 @@ where
         message.info().map(|info| (info.delivered, info.stream_sequence)).unwrap_or((1, 0));
     let subject = message.subject.to_string();
     let message_id = headers::get(message.headers.as_ref(), MESSAGE_ID).map(str::to_string);
-    let span = tracing::info_span!(
-        "nats.consume",
-        otel.name = %format!("process {subject}"),
-        otel.kind = "consumer",
-        messaging.system = spans::SYSTEM,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %subject,
-        messaging.consumer.group.name = spec.durable,
-        messaging.message.id = message_id.as_deref().unwrap_or(""),
-        messaging.message.body.size = message.payload.len() as i64,
-        messaging.nats.message.delivery_count = delivery_count,
-        messaging.nats.stream.sequence = stream_sequence as i64,
+    let span = consumer_span(
+        None,
+        &subject,
+        spec.durable,
+        message_id.as_deref(),
+        message.payload.len(),
+        delivery_count,
+        stream_sequence,
     );
     let producer = headers::extract(message.headers.as_ref());
     let producer_span = producer.span().span_context().clone();
@@ -247,6 +242,41 @@ where
         // makes that harmless.
         tracing::warn!(parent: &span, consumer = spec.durable, %error, "failed to acknowledge a delivery");
     }
+}
+
+/// The CONSUMER span `process <subject>` of one delivery, after the
+/// messaging conventions. `parent` is its tracing parent: none for a live
+/// delivery, whose OpenTelemetry parent the caller sets to the producer; the
+/// replay's root for a replayed one. The fields a replay or a redrive adds
+/// are declared here, empty, for them to record.
+pub(crate) fn consumer_span(
+    parent: Option<&tracing::Span>,
+    subject: &str,
+    consumer: &str,
+    message_id: Option<&str>,
+    body_size: usize,
+    delivery_count: i64,
+    stream_sequence: u64,
+) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent.and_then(tracing::Span::id),
+        "nats.consume",
+        otel.name = %format!("process {subject}"),
+        otel.kind = "consumer",
+        messaging.system = spans::SYSTEM,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = consumer,
+        messaging.message.id = message_id.unwrap_or(""),
+        messaging.message.body.size = body_size as i64,
+        messaging.nats.message.delivery_count = delivery_count,
+        messaging.nats.stream.sequence = stream_sequence as i64,
+        tracehop.replay = tracing::field::Empty,
+        tracehop.redrive = tracing::field::Empty,
+        tracehop.dead_letter.sequence = tracing::field::Empty,
+        tracehop.replay.outcome = tracing::field::Empty,
+    )
 }
 
 /// Decodes an event's payload, or says why it never can: too large, of

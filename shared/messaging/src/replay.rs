@@ -47,7 +47,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use tracehop_proto::v1::{ReplayProgress, ReplayReply, ReplayRequest};
 
-use crate::consume::{ConsumerSpec, Delivery, ProcessError, decode_event};
+use crate::consume::{ConsumerSpec, Delivery, ProcessError, consumer_span, decode_event};
 use crate::headers::{self, MESSAGE_ID};
 use crate::request::{RequestError, request_reply};
 use crate::serve::Responder;
@@ -501,23 +501,16 @@ impl<P: Projection> Replayer<P> {
     ) -> Result<Outcome, ProcessError> {
         let subject = message.subject.to_string();
         let message_id = headers::get(message.headers.as_ref(), MESSAGE_ID).map(str::to_string);
-        let span = tracing::info_span!(
-            parent: root,
-            "nats.consume",
-            otel.name = %format!("process {subject}"),
-            otel.kind = "consumer",
-            messaging.system = spans::SYSTEM,
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = %subject,
-            messaging.consumer.group.name = self.spec.durable,
-            messaging.message.id = message_id.as_deref().unwrap_or(""),
-            messaging.message.body.size = message.payload.len() as i64,
-            messaging.nats.message.delivery_count = 1,
-            messaging.nats.stream.sequence = sequence as i64,
-            tracehop.replay = true,
-            tracehop.replay.outcome = Empty,
+        let span = consumer_span(
+            Some(root),
+            &subject,
+            self.spec.durable,
+            message_id.as_deref(),
+            message.payload.len(),
+            1,
+            sequence,
         );
+        span.record("tracehop.replay", true);
         let producer = headers::extract(message.headers.as_ref());
         span.add_link(producer.span().span_context().clone());
         let result = match decode_event::<P::Event>(message) {
@@ -631,24 +624,17 @@ impl<P: Projection> Replayer<P> {
         let original_sequence: u64 = original(headers::ORIGINAL_SEQUENCE).and_then(|s| s.parse().ok()).unwrap_or(0);
         // This is one more delivery of the event.
         let delivery_count: i64 = original(headers::DELIVERY_COUNT).and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
-        let span = tracing::info_span!(
-            parent: None,
-            "nats.consume",
-            otel.name = %format!("process {subject}"),
-            otel.kind = "consumer",
-            messaging.system = spans::SYSTEM,
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = %subject,
-            messaging.consumer.group.name = self.spec.durable,
-            messaging.message.id = message_id.as_deref().unwrap_or(""),
-            messaging.message.body.size = message.payload.len() as i64,
-            messaging.nats.message.delivery_count = delivery_count,
-            messaging.nats.stream.sequence = original_sequence as i64,
-            tracehop.redrive = true,
-            tracehop.dead_letter.sequence = dead_sequence as i64,
-            tracehop.replay.outcome = Empty,
+        let span = consumer_span(
+            None,
+            &subject,
+            self.spec.durable,
+            message_id.as_deref(),
+            message.payload.len(),
+            delivery_count,
+            original_sequence,
         );
+        span.record("tracehop.redrive", true);
+        span.record("tracehop.dead_letter.sequence", dead_sequence as i64);
         let producer = headers::extract(message.headers.as_ref());
         let producer_span = producer.span().span_context().clone();
         let _ = span.set_parent(producer);
