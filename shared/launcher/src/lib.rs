@@ -14,7 +14,7 @@ pub mod readiness;
 
 pub use readiness::{probe, wait_ready};
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,11 +165,6 @@ impl Launcher {
         }
         let _ = fs::remove_file(self.pid_path(service));
         Ok(true)
-    }
-
-    /// Opens a service's log for reading.
-    pub fn open_log(&self, service: &str) -> std::io::Result<File> {
-        File::open(self.log_path(service))
     }
 }
 

@@ -148,8 +148,3 @@ pub async fn probe(client: &Client, subject: &str, timeout: Duration) -> bool {
     let outgoing = async_nats::Request::new().headers(message_headers).timeout(Some(timeout));
     client.send_request(subject.to_string(), outgoing).await.is_ok()
 }
-
-/// Makes a wire error from a code and a message; a shorthand for handlers.
-pub fn wire_error(code: ErrorCode, message: impl Into<String>) -> WireError {
-    WireError::new(code, message)
-}

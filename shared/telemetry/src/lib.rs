@@ -148,11 +148,6 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
 }
 
 impl Telemetry {
-    /// Spans that the span feed refused or timed out on, so far.
-    pub fn feed_failures(&self) -> u64 {
-        self.feed_stats.as_ref().map_or(0, |stats| stats.failed_spans.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
     /// Exports every queued span, then shuts the exporters down. Call last,
     /// after the service has drained: the flush runs on a blocking thread, as
     /// the SDK's batch processor blocks while it waits.
@@ -164,6 +159,12 @@ impl Telemetry {
             flushed.and(shut)
         })
         .await;
+        let lost =
+            self.feed_stats.as_ref().map_or(0, |stats| stats.failed_spans.load(std::sync::atomic::Ordering::Relaxed));
+        if lost > 0 {
+            // Each one is a hole in some trace: say so once, on the way out.
+            eprintln!("telemetry: {lost} spans could not be published to the span feed");
+        }
         match result {
             Ok(Ok(())) => {}
             Ok(Err(error)) => eprintln!("telemetry shutdown: {error}"),

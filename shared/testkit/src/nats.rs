@@ -1,6 +1,5 @@
 //! A private `nats-server` per test.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,11 +45,6 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// The folder that holds the JetStream store.
-    pub fn store_dir(&self) -> &Path {
-        self.store.path()
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port with
