@@ -117,10 +117,12 @@ impl Watcher {
 
     async fn check(&self, watch: &mut ConsumerWatch) -> anyhow::Result<ConsumerHealth> {
         let spec = watch.spec.clone();
-        let stream = self.js.get_stream(spec.stream).await?;
-        let mut consumer: jetstream::consumer::PullConsumer =
+        // The consumer's state is what is read each check; the stream's own
+        // info is not needed, and get_consumer already fetched the consumer's.
+        let stream = self.js.get_stream_no_info(spec.stream).await?;
+        let consumer: jetstream::consumer::PullConsumer =
             stream.get_consumer(spec.durable).await.map_err(|e| anyhow::anyhow!("consumer {}: {e}", spec.durable))?;
-        let info = consumer.info().await?.clone();
+        let info = consumer.cached_info().clone();
         let filter = spec.filter_subjects.first().cloned().unwrap_or_else(|| ">".to_string());
         let backlog = info.num_pending + info.num_ack_pending as u64;
 
@@ -226,7 +228,7 @@ impl Watcher {
     /// span, oldest first.
     async fn report_late(
         &self,
-        stream: &Stream,
+        stream: &Stream<()>,
         spec: &ConsumerSpec,
         filter: &str,
         ack_floor: u64,
@@ -337,7 +339,7 @@ impl Watcher {
 /// Deliveries beyond the first since the consumer was created: every
 /// delivery advances the consumer sequence, and every event the filter takes
 /// that is no longer pending was delivered at least once.
-async fn redeliveries(stream: &Stream, filter: &str, info: &jetstream::consumer::Info) -> u64 {
+async fn redeliveries(stream: &Stream<()>, filter: &str, info: &jetstream::consumer::Info) -> u64 {
     use futures::StreamExt as _;
     let matching = match stream.info_with_subjects(filter.to_string()).await {
         Ok(subjects) => {
