@@ -77,6 +77,7 @@ impl ErrorCode {
             ErrorCode::PaymentFailed => "payment_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }

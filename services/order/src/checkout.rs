@@ -189,23 +189,22 @@ impl Orders {
                 return Err(WireError::new(code, error.message));
             }
             Err(error) => {
-                // The outcome is unknown (a timeout may have reserved): compensate.
-                self.release(order_id).await;
+                // The outcome is unknown (a timeout may have reserved): fail,
+                // which records the intent to release, then release.
                 let reason = format!("stock could not be reserved: {error}");
-                return self.fail(order_id, &[], error.code(), reason, &context).await;
+                return self.fail_and_release(order_id, &[], error.code(), reason, &context).await;
             }
         };
 
         if let Err((code, reason)) = self.charge(order_id, reserved.total_cents, &request).await {
-            self.release(order_id).await;
-            return self.fail(order_id, &reserved.items, code, reason, &context).await;
+            return self.fail_and_release(order_id, &reserved.items, code, reason, &context).await;
         }
 
         // Paid: the order is confirmed first and its stock committed after,
         // so that a crash in between leaves a confirmed order whose commit the
         // resolver repeats, never sold stock for an order that then fails.
         let order =
-            self.store.decide(order_id, &Decision::Confirmed, &reserved.items, false, &context).await.map_err(db)?;
+            self.store.decide(order_id, &Decision::Confirmed, &reserved.items, &context).await.map_err(db)?;
         self.outbox_written.notify_one();
         if order.status != OrderStatus::Confirmed as i32 {
             // The resolver failed this checkout while it was stuck; payment
@@ -308,9 +307,30 @@ impl Orders {
         }
     }
 
+    /// Fails the order, then gives its stock back: the failure records the
+    /// intent to release in the same transaction, so a release that does not
+    /// get through now (inventory or its database down) is repeated by the
+    /// repair loop until it does.
+    pub(crate) async fn fail_and_release(
+        &self,
+        order_id: Uuid,
+        priced: &[PricedItem],
+        code: ErrorCode,
+        reason: String,
+        context: &StoredContext,
+    ) -> Result<PlaceOrderReply, WireError> {
+        let reply = self.fail(order_id, priced, code, reason, context).await?;
+        if self.release(order_id).await.is_ok()
+            && let Err(error) = self.store.mark_released(order_id).await
+        {
+            tracing::warn!(order.id = %order_id, error = %tracehop_db::describe_error(&error), "failed to record a stock release; the repair loop repeats it");
+        }
+        Ok(reply)
+    }
+
     /// Fails the order (and writes `orders.failed`), answering with the
     /// failed order and the reason.
-    pub(crate) async fn fail(
+    async fn fail(
         &self,
         order_id: Uuid,
         priced: &[PricedItem],
@@ -320,29 +340,27 @@ impl Orders {
     ) -> Result<PlaceOrderReply, WireError> {
         record_failure(&tracing::Span::current(), code.short_name(), &reason);
         let decision = Decision::Failed { code, reason: reason.clone() };
-        let order = self.store.decide(order_id, &decision, priced, false, context).await.map_err(db)?;
+        let order = self.store.decide(order_id, &decision, priced, context).await.map_err(db)?;
         self.outbox_written.notify_one();
         Ok(PlaceOrderReply { error: Some(WireError::new(code, reason)), order: Some(order) })
     }
 
-    /// Gives the order's reserved stock back. A failure is logged and traced
-    /// but does not change the answer: release is idempotent, and the
-    /// resolver repeats it for orders it fails.
-    pub(crate) async fn release(&self, order_id: Uuid) -> bool {
-        match messaging::request::<_, ReleaseStockReply>(
+    /// Asks inventory to give the order's reserved stock back; the units
+    /// released. Idempotent. A failure is logged and traced but changes no
+    /// answer: the order's release intent stays, and the repair loop repeats
+    /// the release.
+    pub(crate) async fn release(&self, order_id: Uuid) -> Result<u32, RequestError> {
+        messaging::request::<_, ReleaseStockReply>(
             &self.nats,
             subjects::INVENTORY_RELEASE,
             &ReleaseStockRequest { order_id: order_id.to_string() },
             self.config.inventory_timeout,
         )
         .await
-        {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::warn!(order.id = %order_id, error = %error, "stock release failed");
-                false
-            }
-        }
+        .map(|reply| reply.released_units)
+        .inspect_err(|error| {
+            tracing::warn!(order.id = %order_id, error = %error, "stock release failed; the repair loop repeats it");
+        })
     }
 
     pub(crate) fn store(&self) -> &Store {
