@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use sqlx::PgPool;
 use tracehop_db::{retry_transient, traced, wire_error};
 use tracehop_proto::v1::{
-    CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetPricesReply, GetPricesRequest, LineItem, PricedItem,
-    ReleaseStockReply, ReleaseStockRequest, ReserveStockReply, ReserveStockRequest,
+    CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetPricesReply, GetPricesRequest, LineItem,
+    PricedItem, ReleaseStockReply, ReleaseStockRequest, ReserveStockReply, ReserveStockRequest,
 };
 use uuid::Uuid;
 

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use tracehop_inventory::stock::Stock;
-use tracehop_proto::v1::{
-    CommitStockRequest, ErrorCode, LineItem, ReleaseStockRequest, ReserveStockRequest,
-};
+use tracehop_proto::v1::{CommitStockRequest, ErrorCode, LineItem, ReleaseStockRequest, ReserveStockRequest};
 use tracehop_testkit::TestDatabase;
 use uuid::Uuid;
 
@@ -79,7 +77,12 @@ async fn overlapping_reserves_commits_and_releases_never_deadlock() {
         .filter_map(|failure| async move { failure })
         .collect()
         .await;
-    assert!(failures.is_empty(), "{} of {ORDERS} orders failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {ORDERS} orders failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
 
     // Every backend flushes its statistics when it exits.
     pool.close().await;
@@ -104,10 +107,12 @@ async fn overlapping_reserves_commits_and_releases_never_deadlock() {
         .await
         .unwrap();
     assert_eq!(reserved, 0, "every reservation was settled");
-    let sold: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(quantity), 0)::bigint FROM inventory.reservations WHERE state = 'sold'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let sold: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(quantity), 0)::bigint FROM inventory.reservations WHERE state = 'sold'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     let sold_column: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(sold), 0)::bigint FROM inventory.products")
         .fetch_one(&db.pool)
         .await

@@ -203,8 +203,7 @@ impl Orders {
         // Paid: the order is confirmed first and its stock committed after,
         // so that a crash in between leaves a confirmed order whose commit the
         // resolver repeats, never sold stock for an order that then fails.
-        let order =
-            self.store.decide(order_id, &Decision::Confirmed, &reserved.items, &context).await.map_err(db)?;
+        let order = self.store.decide(order_id, &Decision::Confirmed, &reserved.items, &context).await.map_err(db)?;
         self.outbox_written.notify_one();
         if order.status != OrderStatus::Confirmed as i32 {
             // The resolver failed this checkout while it was stuck; payment

@@ -46,8 +46,7 @@ async fn round(orders: &Orders, pending_timeout: Duration) -> Result<(), sqlx::E
         let _ = span.set_parent(context.context());
         async {
             let reason = "the checkout was interrupted; the order was not completed".to_string();
-            if let Err(error) = orders.fail_and_release(order_id, &[], ErrorCode::Unavailable, reason, &context).await
-            {
+            if let Err(error) = orders.fail_and_release(order_id, &[], ErrorCode::Unavailable, reason, &context).await {
                 tracing::warn!(order.id = %order_id, error = %error.message, "failed to fail an interrupted order");
             }
         }
