@@ -14,6 +14,9 @@ pub struct Settings {
     pub gateway_addr: String,
     /// `TRACEHOP_HOME`: pid files, logs and mail of a system started by `up`.
     pub home: PathBuf,
+    /// Whether `SMTP_URL` is set: notification then mails over SMTP, not
+    /// into [`Settings::mail_dir`]. The URL itself is notification's to read.
+    pub smtp: bool,
 }
 
 impl Settings {
@@ -28,6 +31,7 @@ impl Settings {
             database_url: var("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tracehop"),
             gateway_addr: var("TRACEHOP_GATEWAY", "127.0.0.1:8080"),
             home,
+            smtp: std::env::var("SMTP_URL").is_ok_and(|url| !url.trim().is_empty()),
         }
     }
 

@@ -71,7 +71,11 @@ pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     println!("  gateway   {}", settings.gateway_url());
     println!("  NATS      {}", settings.nats_url);
     println!("  logs      {}", settings.run_dir().display());
-    println!("  mail      {}", settings.mail_dir().display());
+    if settings.smtp {
+        println!("  mail      over SMTP (SMTP_URL)");
+    } else {
+        println!("  mail      {}", settings.mail_dir().display());
+    }
     println!("\ntry: tracehop order --json   then   tracehop trace <trace_id>");
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use opentelemetry::trace::TraceContextExt as _;
 use prost::Name;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,13 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// Deliveries before the consumer gives up on a message and dead-letters it.
     pub max_deliver: i64,
+    /// Messages one process handles at once. 1 keeps stream order, and
+    /// pulls in the client's default batches (200): the handler is a quick
+    /// local transaction, and the batch saves pull round trips. More lets
+    /// one slow message (a mail server that stalls) hold up only its own
+    /// slot; the pull batch is then this many, so that no message waits in
+    /// the client, its ack wait running, for a slot to free.
+    pub max_in_flight: usize,
 }
 
 impl ConsumerSpec {
@@ -43,7 +51,14 @@ impl ConsumerSpec {
     /// not through the server's `backoff` list: nats-server 2.9 applies that
     /// list to explicit naks too, overriding their delay.
     pub fn new(stream: &'static str, durable: &'static str, filter_subjects: Vec<String>) -> Self {
-        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5 }
+        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5, max_in_flight: 1 }
+    }
+
+    /// The same consumer, handling up to `max_in_flight` messages at once
+    /// (at least one).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self
     }
 
     /// The server-side configuration. No `inactive_threshold`: the server
@@ -116,9 +131,10 @@ pub enum ProcessError {
 /// Largest event payload a consumer decodes; a bigger one is dead-lettered.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
-/// Processes the deliveries of `spec`'s durable consumer with `handler`, one
-/// at a time in stream order, until `shutdown` fires; the message in hand is
-/// finished first. Returns an error only when the consumer does not exist.
+/// Processes the deliveries of `spec`'s durable consumer with `handler`, up
+/// to `spec.max_in_flight` at a time (one: in stream order), until
+/// `shutdown` fires; the messages in hand are finished first. Returns an
+/// error only when the consumer does not exist.
 pub async fn run_consumer<E, H, Fut>(
     js: jetstream::Context,
     spec: ConsumerSpec,
@@ -147,7 +163,11 @@ where
                 continue;
             }
         };
-        let mut messages = match consumer.messages().await {
+        let pull = match spec.max_in_flight {
+            0 | 1 => consumer.messages().await,
+            parallel => consumer.stream().max_messages_per_batch(parallel).messages().await,
+        };
+        let mut messages = match pull {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(consumer = spec.durable, %error, "failed to pull, retrying");
@@ -155,23 +175,28 @@ where
                 continue;
             }
         };
+        let mut in_flight = FuturesUnordered::new();
         loop {
-            let next = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => process(&js, &spec, message, &handler).await,
-                Some(Err(error)) => {
-                    // Missed heartbeats (a NATS restart), a deleted consumer:
-                    // start over with a fresh pull stream rather than trust
-                    // this one to recover by itself.
-                    tracing::info!(consumer = spec.durable, %error, "pull stream failed, pulling again");
-                    break;
-                }
-                None => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                next = messages.next(), if in_flight.len() < spec.max_in_flight.max(1) => match next {
+                    Some(Ok(message)) => in_flight.push(process(&js, &spec, message, &handler)),
+                    Some(Err(error)) => {
+                        // Missed heartbeats (a NATS restart), a deleted
+                        // consumer: start over with a fresh pull stream
+                        // rather than trust this one to recover by itself.
+                        tracing::info!(consumer = spec.durable, %error, "pull stream failed, pulling again");
+                        break;
+                    }
+                    None => break,
+                },
             }
         }
+        // The old pull stream goes first, so that it stops asking for
+        // messages; then the messages in hand are finished.
+        drop(messages);
+        while in_flight.next().await.is_some() {}
     }
     Ok(())
 }

@@ -9,6 +9,8 @@
 //! - [`PostgresCluster`]: a PostgreSQL server of its own (`initdb` in a
 //!   temporary folder, a free port), for tests that restart or kill it;
 //!   stopped and removed on drop.
+//! - [`SmtpServer`]: a small real SMTP server that records mail and can
+//!   stall or go down, for the tests of mail delivery.
 //!
 //! PostgreSQL is taken from `TRACEHOP_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432`); `nats-server` from the `PATH`.
@@ -16,11 +18,13 @@
 mod database;
 mod nats;
 mod postgres;
+mod smtp;
 mod system;
 
 pub use database::TestDatabase;
 pub use nats::{NatsServer, supports_sync_always};
 pub use postgres::PostgresCluster;
+pub use smtp::{ReceivedMail, SmtpServer, Stall};
 pub use system::TestSystem;
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
