@@ -5,6 +5,7 @@ pub mod down;
 pub mod kill;
 pub mod order;
 pub mod replay;
+pub mod scenario;
 pub mod start;
 pub mod status;
 pub mod trace;

@@ -8,12 +8,20 @@ use tracehop_proto::v1::{
     CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetPricesReply, GetPricesRequest, LineItem,
     PricedItem, ReleaseStockReply, ReleaseStockRequest, ReserveStockReply, ReserveStockRequest,
 };
+use tracehop_scenarios::{Scenario, Switches};
 use uuid::Uuid;
+
+use crate::inflight::InFlight;
+use crate::restock;
 
 /// The handlers, sharing one connection pool.
 #[derive(Clone, Debug)]
 pub struct Stock {
     pool: PgPool,
+    /// The live scenarios (`slow-inventory` acts in [`Stock::reserve`]).
+    switches: Switches,
+    /// Reservations running now, by order: a retry joins its first attempt.
+    reserving: InFlight<Uuid, Reply<ReserveStockReply>>,
 }
 
 type Reply<T> = Result<T, WireError>;
@@ -27,13 +35,30 @@ fn parse_order_id(order_id: &str) -> Reply<Uuid> {
 }
 
 impl Stock {
+    /// The handlers with every scenario off.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_switches(pool, Switches::all_off())
+    }
+
+    /// The handlers, following the live scenario switches.
+    pub fn with_switches(pool: PgPool, switches: Switches) -> Self {
+        Self { pool, switches, reserving: InFlight::default() }
     }
 
     /// Reserves every item of the order or none. A retry for the same order
-    /// returns the reservation already made.
-    #[tracing::instrument(name = "reserve stock", skip_all, fields(order.id = %request.order_id, item.count = request.items.len() as i64), err(Display))]
+    /// returns the reservation already made, or, while the first attempt is
+    /// still running in this process, waits for its answer.
+    #[tracing::instrument(
+        name = "reserve stock",
+        skip_all,
+        fields(
+            order.id = %request.order_id,
+            item.count = request.items.len() as i64,
+            inventory.restock = tracing::field::Empty,
+            inventory.reserve.joined = tracing::field::Empty,
+        ),
+        err(Display)
+    )]
     pub async fn reserve(self, request: ReserveStockRequest) -> Reply<ReserveStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         if request.items.is_empty() {
@@ -52,7 +77,16 @@ impl Stock {
         // Lock products in one global order (by SKU), as commit and release
         // do, so that concurrent reservations cannot deadlock.
         items.sort_by(|a, b| a.sku.cmp(&b.sku));
-        retry_transient(|| self.try_reserve(order_id, &items)).await.map_err(|e| wire_error(&e))?
+        let (reply, joined) = self
+            .reserving
+            .run(order_id, || async {
+                retry_transient(|| self.try_reserve(order_id, &items)).await.map_err(|e| wire_error(&e))?
+            })
+            .await;
+        if joined {
+            tracing::Span::current().record("inventory.reserve.joined", true);
+        }
+        reply
     }
 
     /// One attempt at [`Stock::reserve`], in one transaction. The outer
@@ -91,6 +125,15 @@ impl Stock {
         .await?;
         if !existing.is_empty() {
             return Ok(Ok(priced_reply(existing)));
+        }
+        // The restock queue comes before the products, in the lock order of
+        // every transaction that takes both.
+        let slow = self.switches.get(Scenario::SlowInventory);
+        if slow.on && restock::files_request(order_id, slow.rate_or_default()) {
+            let span = tracing::Span::current();
+            self.switches.annotate(&span, &[Scenario::SlowInventory]);
+            let filed = restock::file_request(&mut tx, &self.pool, order_id, items, slow.fixed).await?;
+            span.record("inventory.restock", filed.as_str());
         }
 
         let mut reserved = Vec::with_capacity(items.len());

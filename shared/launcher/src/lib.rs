@@ -194,6 +194,7 @@ pub async fn prepare(nats: &async_nats::Client, database_url: &str) -> anyhow::R
     let js = async_nats::jetstream::new(nats.clone());
     tracehop_spanfeed::ensure_stream(&js).await.context("failed to create the span feed stream")?;
     tracehop_messaging::topology::ensure_all(&js).await.context("failed to create streams and consumers")?;
+    tracehop_scenarios::ensure_bucket(&js).await.context("failed to create the scenario switches")?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use opentelemetry::trace::TraceContextExt as _;
 use prost::Name;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracehop_telemetry::record_failure;
 use tracing::Instrument as _;
@@ -146,8 +147,38 @@ where
     H: Fn(Delivery<E>) -> Fut,
     Fut: Future<Output = Result<(), ProcessError>>,
 {
+    run_consumer_pausable(js, spec, handler, None, shutdown).await
+}
+
+/// Like [`run_consumer`], but while `paused` holds true the consumer stops
+/// pulling (it finishes the messages in hand, then holds no pull request),
+/// as a consumer that is alive but stuck: its events wait in the stream,
+/// and the sentinel sees it make no progress. The live scenario
+/// `analytics-down` is one.
+pub async fn run_consumer_pausable<E, H, Fut>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    mut paused: Option<watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+) -> Result<(), TopologyError>
+where
+    E: prost::Message + Name + Default,
+    H: Fn(Delivery<E>) -> Fut,
+    Fut: Future<Output = Result<(), ProcessError>>,
+{
     spec.ensure(&js).await?;
     while !shutdown.is_cancelled() {
+        if let Some(receiver) = paused.as_mut()
+            && *receiver.borrow_and_update()
+        {
+            tracing::info!(consumer = spec.durable, "consumption paused");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = receiver.changed() => if changed.is_err() { paused = None },
+            }
+            continue;
+        }
         let consumer: consumer::PullConsumer = match js.get_stream(spec.stream).await {
             Ok(stream) => match stream.get_consumer(spec.durable).await {
                 Ok(consumer) => consumer,
@@ -177,8 +208,23 @@ where
         };
         let mut in_flight = FuturesUnordered::new();
         loop {
+            // Some(paused now), or None once the switch is gone for good.
+            let pause_signal = async {
+                match paused.as_mut() {
+                    Some(receiver) => match receiver.changed().await {
+                        Ok(()) => Some(*receiver.borrow()),
+                        Err(_) => None,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                signal = pause_signal => match signal {
+                    Some(true) => break,
+                    Some(false) => {}
+                    None => paused = None,
+                },
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 next = messages.next(), if in_flight.len() < spec.max_in_flight.max(1) => match next {
                     Some(Ok(message)) => in_flight.push(process(&js, &spec, message, &handler)),
