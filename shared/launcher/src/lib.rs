@@ -25,11 +25,11 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-/// Every service (the seven of checkout and the sentinel), in the order they
-/// start: responders before their callers, the gateway last so that it is
-/// healthy only when the rest is up.
-pub const SERVICES: [&str; 8] =
-    ["inventory", "payment", "order", "loyalty", "notification", "analytics", "sentinel", "gateway"];
+/// Every service (the seven of checkout, the sentinel and the keeper), in
+/// the order they start: responders before their callers, the gateway last
+/// so that it is healthy only when the rest is up.
+pub const SERVICES: [&str; 9] =
+    ["inventory", "payment", "order", "loyalty", "notification", "analytics", "sentinel", "keeper", "gateway"];
 
 /// The executable of a service.
 pub fn binary_name(service: &str) -> String {

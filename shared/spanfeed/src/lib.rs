@@ -10,6 +10,10 @@
 //!   [`wait_for_trace`] (until it stops growing) and [`watch`] (spans as they
 //!   arrive).
 //!
+//! Subjects are `spans.<partition>.<trace_id>.<service>`: the partition (the
+//! trace id's first hex digit, [`partition_of`]) lets several keepers split
+//! the feed so that each trace is decided by one of them.
+//!
 //! The stream uses memory storage with size and age limits: telemetry must not
 //! pay for the fsync that business events need.
 
@@ -18,7 +22,9 @@ pub mod reader;
 pub mod record;
 
 pub use exporter::{FeedStats, SpanFeedExporter};
-pub use reader::{ReadError, fetch_trace, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch};
+pub use reader::{
+    ReadError, fetch_trace, fetch_trace_raw, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch,
+};
 pub use record::{SpanKind, SpanLink, SpanRecord, SpanStatus, decode_spans};
 
 use std::time::Duration;
@@ -32,15 +38,32 @@ pub const SUBJECT_PREFIX: &str = "spans";
 /// The largest feed message we publish; NATS refuses more than 1 MB by default.
 pub const MAX_MESSAGE_BYTES: usize = 900 * 1024;
 
+/// How many partitions the feed's subjects are split into, by the first hex
+/// digit of the trace id: several keepers share the feed by partition, so
+/// that every span of a trace reaches the same keeper. A partition is a
+/// subject token of its own because nats-server 2.9 filters a consumer by
+/// one subject, with wildcards only for whole tokens.
+pub const PARTITIONS: u8 = 16;
+
+/// The partition of `trace_id` (32 lowercase hex digits): its first digit.
+pub fn partition_of(trace_id: &str) -> u8 {
+    trace_id.chars().next().and_then(|c| c.to_digit(16)).unwrap_or(0) as u8
+}
+
 /// The subject that carries spans of `trace_id` (32 lowercase hex digits)
-/// finished by `service`.
+/// finished by `service`: `spans.<partition>.<trace_id>.<service>`.
 pub fn subject(trace_id: &str, service: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{trace_id}.{service}")
+    format!("{SUBJECT_PREFIX}.{:x}.{trace_id}.{service}", partition_of(trace_id))
 }
 
 /// The filter that matches every span of one trace.
 pub fn trace_filter(trace_id: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{trace_id}.*")
+    format!("{SUBJECT_PREFIX}.{:x}.{trace_id}.*", partition_of(trace_id))
+}
+
+/// The filter that matches every span of one partition.
+pub fn partition_filter(partition: u8) -> String {
+    format!("{SUBJECT_PREFIX}.{partition:x}.>")
 }
 
 /// The stream's configuration: memory storage, bounded in bytes and in age.
