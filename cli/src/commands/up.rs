@@ -39,7 +39,7 @@ pub async fn prepare_only(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Result<()> {
-    tracehop_launcher::prepare(nats, &settings.database_url).await.with_context(
+    tracehop_launcher::prepare(nats, &settings.database_url, &settings.limits).await.with_context(
         || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
     )?;
     println!("migrations applied, streams and consumers ready");

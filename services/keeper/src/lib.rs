@@ -6,8 +6,9 @@
 //! passed), then decides on the whole trace ([`policy`]): keep every trace
 //! with a sentinel failure span or an ERROR span, every trace slower than
 //! `TRACEHOP_KEEP_SLOWER_THAN_MS`, and `TRACEHOP_KEEP_RATIO` of the rest.
-//! Kept traces go, whole, to `OTEL_EXPORTER_OTLP_ENDPOINT` over OTLP/HTTP,
-//! their root span marked with the decision, its reason and whether the
+//! Kept traces are stored, whole, in the kept-traces store (the `KEPT`
+//! stream, for days) and go to `OTEL_EXPORTER_OTLP_ENDPOINT` over
+//! OTLP/HTTP when it is set, their root span marked with the decision, its reason and whether the
 //! trace was complete; the counts are answered on `svc.keeper.stats`.
 //! With tail sampling on, services export no span themselves, so no span
 //! reaches the backend twice.
@@ -43,7 +44,7 @@ use tracehop_service::Runtime;
 
 use crate::export::Exporter;
 use crate::policy::{Policy, Reason};
-use crate::traces::{Timing, Traces, mark_decision, split_by_trace};
+use crate::traces::{Kept, Timing, Traces, mark_decision, split_by_trace};
 
 /// `service.name` of this service.
 pub const SERVICE: &str = "keeper";
@@ -84,9 +85,14 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         feeds.push(consumer.messages().await.context("failed to read the span feed")?);
     }
     let mut feed = futures::stream::select_all(feeds);
-    let (exporter, export_task) = Exporter::start(config.base.otlp_endpoint.as_deref())?;
+    if js.get_stream(tracehop_spanfeed::kept::STREAM).await.is_err() {
+        tracehop_spanfeed::kept::ensure_stream(&js, &tracehop_spanfeed::kept::Limits::default())
+            .await
+            .context("failed to create the kept-traces store")?;
+    }
+    let (exporter, export_task) = Exporter::start(js.clone(), config.base.otlp_endpoint.as_deref())?;
     if config.base.otlp_endpoint.is_none() {
-        tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is not set: traces are decided and counted, none exported");
+        tracing::info!("OTEL_EXPORTER_OTLP_ENDPOINT is not set: kept traces are stored, not exported");
     }
     let policy = Policy { slower_than: config.slower_than, ratio: config.ratio };
     let timing = Timing { quiet: config.quiet, max_wait: config.max_wait, max_pending: config.max_pending };
@@ -152,9 +158,7 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let kept = traces.decide_all(Instant::now());
     exporter.export(kept);
     exporter.close();
-    if let Some(task) = export_task {
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), export_task).await;
     Ok(())
 }
 
@@ -164,6 +168,8 @@ fn stats(traces: &Traces, exporter: &Exporter) -> KeeperStatsReply {
     let mut stats = traces.stats.clone();
     stats.spans_exported = exporter.counters.spans_exported.load(Ordering::Relaxed);
     stats.export_failures = exporter.counters.failures.load(Ordering::Relaxed);
+    stats.traces_stored = exporter.counters.traces_stored.load(Ordering::Relaxed);
+    stats.store_failures = exporter.counters.store_failures.load(Ordering::Relaxed);
     stats
 }
 
@@ -187,5 +193,5 @@ async fn upgrade(js: jetstream::Context, exporter: Exporter, trace_id: String, r
         .map(|(_, part)| part)
         .collect();
     mark_decision(&mut parts, reason, false);
-    exporter.export(parts);
+    exporter.export(vec![Kept { trace_id, parts }]);
 }

@@ -51,11 +51,18 @@ enum Fate {
     Dropped,
 }
 
+/// The spans of one kept trace, to export and store.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub trace_id: String,
+    pub parts: Vec<ResourceSpans>,
+}
+
 /// What to do after taking in one feed message.
 #[derive(Debug, Default)]
 pub struct Ingested {
     /// Late spans of kept traces: export them as they are.
-    pub late_kept: Vec<ResourceSpans>,
+    pub late_kept: Vec<Kept>,
     /// Dropped traces that a late failure span turned into keeps: fetch
     /// each whole from the feed (up to the message's sequence) and export it.
     pub upgrades: Vec<(String, Reason)>,
@@ -163,7 +170,7 @@ impl Traces {
             let spans = part.scope_spans.iter().flat_map(|s| &s.spans);
             self.stats.spans_received += spans.clone().count() as u64;
             match self.decided.get(&trace_id) {
-                Some(Fate::Kept) => ingested.late_kept.push(part),
+                Some(Fate::Kept) => ingested.late_kept.push(Kept { trace_id, parts: vec![part] }),
                 Some(Fate::Dropped) => {
                     let mut late = Summary::default();
                     spans.for_each(|span| late.add(span));
@@ -192,7 +199,7 @@ impl Traces {
 
     /// Decides every trace that is due, and forgets old decisions; returns
     /// the kept traces' spans, marked, to export.
-    pub fn decide_due(&mut self, now: Instant) -> Vec<ResourceSpans> {
+    pub fn decide_due(&mut self, now: Instant) -> Vec<Kept> {
         let Timing { quiet, max_wait, max_pending } = self.timing;
         let mut due: Vec<(String, bool)> = self
             .pending
@@ -236,7 +243,7 @@ impl Traces {
     }
 
     /// Decides everything still pending (at shutdown).
-    pub fn decide_all(&mut self, now: Instant) -> Vec<ResourceSpans> {
+    pub fn decide_all(&mut self, now: Instant) -> Vec<Kept> {
         let ids: Vec<String> = self.pending.keys().cloned().collect();
         let mut export = Vec::new();
         for trace_id in ids {
@@ -248,7 +255,7 @@ impl Traces {
         export
     }
 
-    fn decide(&mut self, trace_id: String, mut pending: Pending, complete: bool, now: Instant) -> Vec<ResourceSpans> {
+    fn decide(&mut self, trace_id: String, mut pending: Pending, complete: bool, now: Instant) -> Option<Kept> {
         self.stats.traces_decided += 1;
         if !complete {
             self.stats.incomplete += 1;
@@ -256,10 +263,10 @@ impl Traces {
         let reason = pending.summary.decide(&unhex(&trace_id), &self.policy);
         let fate = if reason.is_some() { Fate::Kept } else { Fate::Dropped };
         self.decided.insert(trace_id.clone(), fate);
-        self.decided_order.push_back((now, trace_id));
+        self.decided_order.push_back((now, trace_id.clone()));
         let Some(reason) = reason else {
             self.stats.dropped += 1;
-            return Vec::new();
+            return None;
         };
         match reason {
             Reason::Sentinel => self.stats.kept_sentinel += 1,
@@ -268,7 +275,7 @@ impl Traces {
             Reason::Ratio => self.stats.kept_ratio += 1,
         }
         mark_decision(&mut pending.parts, reason, complete);
-        pending.parts
+        Some(Kept { trace_id, parts: pending.parts })
     }
 }
 
@@ -313,7 +320,9 @@ mod tests {
         traces.ingest(message(1, 2, Some(1), true), start);
         assert!(traces.decide_due(start + Duration::from_secs(1)).is_empty(), "not quiet yet");
         let kept = traces.decide_due(start + Duration::from_secs(3));
-        assert_eq!(count_spans(&kept), 2);
+        assert_eq!(kept.len(), 1);
+        let kept = &kept[0].parts;
+        assert_eq!(count_spans(kept), 2);
         let root =
             kept.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).find(|s| s.parent_span_id.is_empty());
         let keys: Vec<&str> = root.unwrap().attributes.iter().map(|a| a.key.as_str()).collect();
@@ -331,7 +340,7 @@ mod tests {
         traces.ingest(message(2, 2, Some(1), true), start);
         assert!(traces.decide_due(start + Duration::from_secs(10)).is_empty());
         let kept = traces.decide_due(start + Duration::from_secs(31));
-        assert_eq!(count_spans(&kept), 1);
+        assert_eq!(count_spans(&kept[0].parts), 1);
         assert_eq!(traces.stats.incomplete, 1);
     }
 

@@ -4,6 +4,8 @@
 //!
 //! - [`exporter`]: [`SpanFeedExporter`], an OpenTelemetry `SpanExporter` that
 //!   publishes each batch, one message per trace, on `spans.<trace_id>.<service>`.
+//! - [`kept`]: the kept-traces store (what the keeper keeps, on disk, for
+//!   days) and [`kept::window`], how far back the feed and the store reach.
 //! - [`record`]: [`SpanRecord`], a flat, JSON-friendly view of one span, decoded
 //!   from the OTLP messages on the feed.
 //! - [`reader`]: [`fetch_trace`] (every span of one trace so far),
@@ -18,6 +20,7 @@
 //! pay for the fsync that business events need.
 
 pub mod exporter;
+pub mod kept;
 pub mod reader;
 pub mod record;
 
@@ -85,6 +88,17 @@ pub fn stream_config(max_bytes: i64, max_age: Duration) -> stream::Config {
 /// Creates (or updates) the feed's stream with the default bounds: 256 MiB and
 /// one hour.
 pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), jetstream::context::CreateStreamError> {
-    js.create_or_update_stream(stream_config(256 * 1024 * 1024, Duration::from_secs(3600))).await?;
+    let limits = kept::Limits::default();
+    js.create_or_update_stream(stream_config(limits.feed_bytes, limits.feed_max_age)).await?;
     Ok(())
+}
+
+/// Creates (or updates) the feed's stream and the kept-traces store with
+/// `limits`.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    limits: &kept::Limits,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    js.create_or_update_stream(stream_config(limits.feed_bytes, limits.feed_max_age)).await?;
+    kept::ensure_stream(js, limits).await
 }

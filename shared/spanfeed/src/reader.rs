@@ -51,10 +51,22 @@ pub async fn fetch_trace(js: &jetstream::Context, trace_id: &str) -> Result<Vec<
 /// `ExportTraceServiceRequest`s), with its stream sequence, in stream order.
 pub async fn fetch_trace_raw(js: &jetstream::Context, trace_id: &str) -> Result<Vec<(u64, bytes::Bytes)>, ReadError> {
     let trace_id = normalize_trace_id(trace_id)?;
-    let stream = js.get_stream(STREAM).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    fetch_raw(js, STREAM, &trace_filter(&trace_id), &trace_id).await
+}
+
+/// Every message of stream `stream_name` on `filter` now, with its
+/// sequence, in stream order; `trace_id` names what is read, in errors.
+pub(crate) async fn fetch_raw(
+    js: &jetstream::Context,
+    stream_name: &str,
+    filter: &str,
+    trace_id: &str,
+) -> Result<Vec<(u64, bytes::Bytes)>, ReadError> {
+    let trace_id = trace_id.to_string();
+    let stream = js.get_stream(stream_name).await.map_err(|e| ReadError::Stream(e.to_string()))?;
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: trace_filter(&trace_id),
+            filter_subject: filter.to_string(),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })
