@@ -9,6 +9,8 @@
 //! - [`reader`]: [`fetch_trace`] (every span of one trace so far),
 //!   [`wait_for_trace`] (until it stops growing) and [`watch`] (spans as they
 //!   arrive).
+//! - [`scan`]: [`scan_feed`], the whole feed (or its recent part) read once,
+//!   grouped by trace.
 //!
 //! The stream uses memory storage with size and age limits: telemetry must not
 //! pay for the fsync that business events need.
@@ -16,10 +18,12 @@
 pub mod exporter;
 pub mod reader;
 pub mod record;
+pub mod scan;
 
 pub use exporter::{FeedStats, SpanFeedExporter};
 pub use reader::{ReadError, fetch_trace, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch};
 pub use record::{SpanKind, SpanLink, SpanRecord, SpanStatus, decode_spans};
+pub use scan::{Scan, Traces, scan_feed};
 
 use std::time::Duration;
 

@@ -1,0 +1,294 @@
+//! `tracehop explain TRACE_ID`: why one trace took as long as it did: its
+//! critical path, the span that held the time, its failures, and how the same
+//! spans usually do in the recent traces on the feed. The analysis is
+//! [`crate::analysis`]; this module fetches and prints.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::{Value, json};
+use tracehop_spanfeed::{fetch_trace, normalize_trace_id, scan_feed, wait_for_settled_trace};
+
+use super::load::millis;
+use super::slowest::{clean, ms};
+use crate::analysis::{self, Explanation, Typical};
+use crate::settings::Settings;
+
+/// How far back "typical" looks.
+pub const TYPICAL_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Path steps holding less than this share of the trace are summed up, not listed.
+const LIST_SHARE: f64 = 0.02;
+/// A span this many times slower than its typical duration is called out.
+const SLOWER: f64 = 3.0;
+
+pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let trace_id = normalize_trace_id(trace_id)?;
+    let nats = super::connect_nats(settings).await?;
+    let js = jetstream::new(nats);
+    let spans = match wait {
+        Some(seconds) if seconds > 0.0 => {
+            wait_for_settled_trace(&js, &trace_id, super::trace::SETTLE, Duration::from_secs_f64(seconds)).await?
+        }
+        _ => fetch_trace(&js, &trace_id).await?,
+    };
+    let scan = scan_feed(&js, Some(TYPICAL_WINDOW)).await?;
+    let typical = Typical::learn(scan.traces.values().map(Vec::as_slice), Some(&trace_id));
+    let Some(explanation) = analysis::explain(&spans, &typical) else {
+        anyhow::bail!("trace {trace_id} is not in the span feed (it keeps about an hour of spans; is the id right?)");
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&explain_json(&explanation))?);
+    } else {
+        print!("{}", explain_text(&explanation));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `{"trace_id", "duration_ms", "critical_path": [{"service", "span",
+/// "self_ms"}], "culprit": {"service", "span", "self_ms", "typical_ms"},
+/// "errors": [{"service", "span", "kind", "error_type", "message"}]}`;
+/// `kind` is `error`, `missed` (the sentinel's) or `dead_letter`;
+/// `typical_ms` is null when no other trace had the span.
+pub fn explain_json(explanation: &Explanation) -> Value {
+    json!({
+        "trace_id": explanation.trace_id,
+        "duration_ms": ms(explanation.duration_nanos),
+        "critical_path": explanation
+            .critical_path
+            .iter()
+            .map(|step| json!({"service": step.service, "span": step.span, "self_ms": ms(step.self_nanos)}))
+            .collect::<Vec<_>>(),
+        "culprit": explanation.culprit.as_ref().map(|c| json!({
+            "service": c.service,
+            "span": c.span,
+            "self_ms": ms(c.self_nanos),
+            "typical_ms": explanation.culprit_typical.map(|(median, _)| ms(median)),
+        })),
+        "errors": explanation
+            .errors
+            .iter()
+            .map(|f| json!({
+                "service": f.service,
+                "span": f.span,
+                "kind": f.kind.as_str(),
+                "error_type": f.error_type,
+                "message": f.message,
+            }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// A few lines a person can act on.
+pub fn explain_text(e: &Explanation) -> String {
+    let mut out = String::new();
+    let total = e.duration_nanos.max(1);
+    let status = e.http_status.map_or(String::new(), |s| format!(", answered {s}"));
+    let _ = write!(out, "trace {}: {} took {} ms{status}", clean(&e.trace_id), clean(&e.root), millis(ms(total)));
+    match e.typical_checkout.filter(|_| e.is_checkout) {
+        Some((median, count)) => {
+            let _ = writeln!(out, " (a typical checkout: {} ms, the median of {count})", millis(ms(median)));
+        }
+        None => out.push('\n'),
+    }
+
+    if let Some(c) = &e.culprit {
+        let share = c.self_nanos as f64 * 100.0 / total as f64;
+        let _ = write!(
+            out,
+            "culprit: {}'s {:?} held {} ms of it ({share:.0}%)",
+            clean(&c.service),
+            clean(&c.span),
+            millis(ms(c.self_nanos))
+        );
+        match e.culprit_typical {
+            Some((median, count)) => {
+                let _ = write!(out, "; it usually takes {} ms (median of {count} recent)", millis(ms(median)));
+                if median > 0 && c.duration_nanos as f64 >= SLOWER * median as f64 {
+                    let _ = write!(out, ", {:.0}x slower here", c.duration_nanos as f64 / median as f64);
+                }
+                out.push('\n');
+            }
+            None => out.push_str("; no other recent trace has this span to compare\n"),
+        }
+        let _ = writeln!(out, "  {}", analysis::hint(c));
+    }
+
+    out.push_str("critical path (self time):\n");
+    let mut hidden = (0usize, 0u64);
+    for step in &e.critical_path {
+        if (step.self_nanos as f64) < LIST_SHARE * total as f64 && !step.failed {
+            hidden.0 += 1;
+            hidden.1 += step.self_nanos;
+            continue;
+        }
+        let mut line = format!(
+            "  {}{:<12} {:<34} {:>9} ms",
+            if step.failed { "✗ " } else { "  " },
+            clean(&step.service),
+            clean(&step.span),
+            millis(ms(step.self_nanos)),
+        );
+        if let Some(typical) = step.typical_nanos {
+            let _ = write!(line, "  (usually {} ms", millis(ms(typical)));
+            if typical > 0 && step.duration_nanos as f64 >= SLOWER * typical as f64 && step.duration_nanos > 1_000_000 {
+                line.push_str(", slow here");
+            }
+            line.push(')');
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if hidden.0 > 0 {
+        let _ = writeln!(out, "    … and {} more spans on the path, {} ms together", hidden.0, millis(ms(hidden.1)));
+    }
+
+    if e.errors.is_empty() {
+        out.push_str("errors: none\n");
+    } else {
+        let _ = writeln!(out, "errors ({}):", e.errors.len());
+        for f in &e.errors {
+            let kind = match f.kind {
+                analysis::FailureKind::Error => String::new(),
+                analysis::FailureKind::Missed => " [consumer missed the event]".to_string(),
+                analysis::FailureKind::DeadLetter => " [dead letter]".to_string(),
+            };
+            let error_type =
+                if f.error_type.is_empty() { String::new() } else { format!("{}: ", clean(&f.error_type)) };
+            let _ = writeln!(
+                out,
+                "  ✗ {} {:?}{kind}: {error_type}{}",
+                clean(&f.service),
+                clean(&f.span),
+                clean(&f.message)
+            );
+        }
+    }
+    if let Some(after) = &e.after_answer {
+        let (service, span, longest) = &after.longest;
+        let _ = writeln!(
+            out,
+            "after the answer: {} spans ran on, the last ending {} ms later (the longest: {}'s {:?}, {} ms)",
+            after.spans,
+            millis(ms(after.last_end_nanos)),
+            clean(service),
+            clean(span),
+            millis(ms(*longest)),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use tracehop_spanfeed::SpanKind;
+
+    use super::*;
+    use crate::analysis::{AfterAnswer, Culprit, Failure, FailureKind, PathEntry};
+
+    const MS: u64 = 1_000_000;
+
+    fn entry(service: &str, span: &str, self_ms: u64, typical_ms: Option<u64>) -> PathEntry {
+        PathEntry {
+            service: service.into(),
+            span: span.into(),
+            kind: SpanKind::Internal,
+            depth: 0,
+            self_nanos: self_ms * MS,
+            duration_nanos: self_ms * MS,
+            typical_nanos: typical_ms.map(|t| t * MS),
+            failed: false,
+        }
+    }
+
+    fn explanation() -> Explanation {
+        Explanation {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            root: "POST /v1/orders".into(),
+            is_checkout: true,
+            duration_nanos: 2041 * MS,
+            http_status: Some(201),
+            critical_path: vec![
+                entry("gateway", "POST /v1/orders", 1, Some(1)),
+                entry("order", "process svc.order.place", 6, Some(5)),
+                entry("inventory", "UPDATE inventory.products", 2003, Some(2)),
+                entry("payment", "charge card", 31, Some(20)),
+            ],
+            culprit: Some(Culprit {
+                service: "inventory".into(),
+                span: "UPDATE inventory.products".into(),
+                kind: SpanKind::Client,
+                self_nanos: 2003 * MS,
+                duration_nanos: 2003 * MS,
+                db_system: Some("postgresql".into()),
+                error_type: None,
+                destination: None,
+                has_children: false,
+            }),
+            culprit_typical: Some((2 * MS, 57)),
+            errors: vec![Failure {
+                index: 9,
+                kind: FailureKind::Missed,
+                service: "sentinel".into(),
+                span: "missed by analytics".into(),
+                error_type: "consumer_down".into(),
+                message: "analytics has not processed this event".into(),
+            }],
+            typical_checkout: Some((23 * MS, 57)),
+            after_answer: Some(AfterAnswer {
+                spans: 3,
+                last_end_nanos: 48 * MS,
+                longest: ("notification".into(), "process orders.confirmed".into(), 30 * MS),
+            }),
+            span_count: 14,
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_keys() {
+        let value = explain_json(&explanation());
+        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["critical_path", "culprit", "duration_ms", "errors", "trace_id"]);
+        assert_eq!(value["duration_ms"], 2041.0);
+        assert_eq!(
+            value["critical_path"][2],
+            json!({"service": "inventory", "span": "UPDATE inventory.products", "self_ms": 2003.0})
+        );
+        assert_eq!(
+            value["culprit"],
+            json!({"service": "inventory", "span": "UPDATE inventory.products", "self_ms": 2003.0, "typical_ms": 2.0})
+        );
+        assert_eq!(value["errors"][0]["kind"], "missed");
+        assert_eq!(value["errors"][0]["error_type"], "consumer_down");
+        let mut alone = explanation();
+        alone.culprit_typical = None;
+        assert_eq!(explain_json(&alone)["culprit"]["typical_ms"], Value::Null);
+    }
+
+    #[test]
+    fn text_names_the_culprit_against_typical_and_lists_what_matters() {
+        let text = explain_text(&explanation());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "trace 4bf92f3577b34da6a3ce929d0e0e4736: POST /v1/orders took 2041 ms, answered 201 \
+             (a typical checkout: 23.0 ms, the median of 57)"
+        );
+        assert_eq!(
+            lines[1],
+            "culprit: inventory's \"UPDATE inventory.products\" held 2003 ms of it (98%); it usually takes 2.00 ms \
+             (median of 57 recent), 1002x slower here"
+        );
+        assert!(lines[2].contains("lock"), "{text}");
+        assert!(text.contains("usually 2.00 ms, slow here"), "{text}");
+        // 1, 6 and 31 ms are each under 2% of 2041 ms: summed up.
+        assert!(text.contains("… and 3 more spans on the path, 38.0 ms together"), "{text}");
+        assert!(
+            text.contains("✗ sentinel \"missed by analytics\" [consumer missed the event]: consumer_down:"),
+            "{text}"
+        );
+        assert!(text.contains("after the answer: 3 spans ran on, the last ending 48.0 ms later"), "{text}");
+        assert!(lines.len() <= 12, "a few lines:\n{text}");
+    }
+}
