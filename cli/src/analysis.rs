@@ -493,10 +493,15 @@ pub fn hint(culprit: &Culprit) -> String {
         SpanKind::Client => {
             format!("a request to {target} whose time is not covered by the server's own spans: the network or a queue")
         }
-        _ if culprit.has_children => {
-            format!("{}'s own code in {:?}, between the calls it makes", culprit.service, culprit.span)
-        }
-        _ => format!("{}'s own code in {:?}", culprit.service, culprit.span),
+        _ if culprit.has_children => format!(
+            "time in {}'s {:?} between the calls it makes: its own code, or a wait that has no span (a connection \
+             from its pool, a lock in the process, the CPU)",
+            culprit.service, culprit.span
+        ),
+        _ => format!(
+            "time in {}'s {:?} itself: its own code, or a wait that has no span (a connection from its pool, the CPU)",
+            culprit.service, culprit.span
+        ),
     }
 }
 

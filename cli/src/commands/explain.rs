@@ -22,6 +22,8 @@ pub const TYPICAL_WINDOW: Duration = Duration::from_secs(15 * 60);
 const LIST_SHARE: f64 = 0.02;
 /// A span this many times slower than its typical duration is called out.
 const SLOWER: f64 = 3.0;
+/// Most path steps listed.
+const MAX_LISTED: usize = 8;
 
 pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json: bool) -> anyhow::Result<ExitCode> {
     let trace_id = normalize_trace_id(trace_id)?;
@@ -102,45 +104,64 @@ pub fn explain_text(e: &Explanation) -> String {
             clean(&c.span),
             millis(ms(c.self_nanos))
         );
+        let took = if c.duration_nanos > c.self_nanos {
+            format!("; the span took {} ms", millis(ms(c.duration_nanos)))
+        } else {
+            String::new()
+        };
         match e.culprit_typical {
             Some((median, count)) => {
-                let _ = write!(out, "; it usually takes {} ms (median of {count} recent)", millis(ms(median)));
+                let _ = write!(out, "{took}; it usually takes {} ms (median of {count} recent)", millis(ms(median)));
                 if median > 0 && c.duration_nanos as f64 >= SLOWER * median as f64 {
                     let _ = write!(out, ", {:.0}x slower here", c.duration_nanos as f64 / median as f64);
                 }
                 out.push('\n');
             }
-            None => out.push_str("; no other recent trace has this span to compare\n"),
+            None => {
+                let _ = writeln!(out, "{took}; no other recent trace has this span to compare");
+            }
         }
         let _ = writeln!(out, "  {}", analysis::hint(c));
     }
 
-    out.push_str("critical path (self time):\n");
+    // The steps holding the most time, in path order; the rest summed up.
+    let mut by_time: Vec<usize> = (0..e.critical_path.len()).collect();
+    by_time.sort_by_key(|&i| std::cmp::Reverse(e.critical_path[i].self_nanos));
+    let shown: Vec<usize> = by_time
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let step = &e.critical_path[i];
+            step.failed || step.self_nanos as f64 >= LIST_SHARE * total as f64
+        })
+        .take(MAX_LISTED)
+        .collect();
+    let mut table = super::load::table(&["", "service", "span on the critical path", "self", "took", "usually", ""]);
     let mut hidden = (0usize, 0u64);
-    for step in &e.critical_path {
-        if (step.self_nanos as f64) < LIST_SHARE * total as f64 && !step.failed {
+    for (i, step) in e.critical_path.iter().enumerate() {
+        if !shown.contains(&i) {
             hidden.0 += 1;
             hidden.1 += step.self_nanos;
             continue;
         }
-        let mut line = format!(
-            "  {}{:<12} {:<34} {:>9} ms",
-            if step.failed { "✗ " } else { "  " },
+        let slower = step.typical_nanos.filter(|&t| t > 0).map(|t| step.duration_nanos as f64 / t as f64);
+        table.add_row(vec![
+            if step.failed { "✗" } else { "" }.to_string(),
             clean(&step.service),
             clean(&step.span),
-            millis(ms(step.self_nanos)),
-        );
-        if let Some(typical) = step.typical_nanos {
-            let _ = write!(line, "  (usually {} ms", millis(ms(typical)));
-            if typical > 0 && step.duration_nanos as f64 >= SLOWER * typical as f64 && step.duration_nanos > 1_000_000 {
-                line.push_str(", slow here");
-            }
-            line.push(')');
-        }
-        let _ = writeln!(out, "{line}");
+            format!("{} ms", millis(ms(step.self_nanos))),
+            format!("{} ms", millis(ms(step.duration_nanos))),
+            step.typical_nanos.map_or("-".to_string(), |t| format!("{} ms", millis(ms(t)))),
+            match slower {
+                Some(x) if x >= SLOWER && step.duration_nanos > 1_000_000 => format!("{x:.0}x"),
+                _ => String::new(),
+            },
+        ]);
     }
+    super::load::right_align(&mut table, &[3, 4, 5, 6]);
+    out.push_str(&super::load::table_text(&table));
     if hidden.0 > 0 {
-        let _ = writeln!(out, "    … and {} more spans on the path, {} ms together", hidden.0, millis(ms(hidden.1)));
+        let _ = writeln!(out, "  … and {} more spans on the path, {} ms together", hidden.0, millis(ms(hidden.1)));
     }
 
     if e.errors.is_empty() {
@@ -281,7 +302,9 @@ mod tests {
              (median of 57 recent), 1002x slower here"
         );
         assert!(lines[2].contains("lock"), "{text}");
-        assert!(text.contains("usually 2.00 ms, slow here"), "{text}");
+        let row = lines.iter().find(|l| l.contains("inventory  UPDATE")).unwrap();
+        assert!(row.trim_end().ends_with("2003 ms  2003 ms  2.00 ms  1002x"), "{text}");
+        assert!(lines.iter().any(|l| l.contains("span on the critical path") && l.contains("usually")), "{text}");
         // 1, 6 and 31 ms are each under 2% of 2041 ms: summed up.
         assert!(text.contains("… and 3 more spans on the path, 38.0 ms together"), "{text}");
         assert!(

@@ -160,7 +160,7 @@ pub fn summary(report: &LoadReport) -> String {
         answers.add_row(vec![describe(answer).to_string(), count.to_string(), format!("{share:.1}%")]);
     }
     right_align(&mut answers, &[1, 2]);
-    let _ = writeln!(out, "{answers}");
+    out.push_str(&table_text(&answers));
 
     let _ = writeln!(
         out,
@@ -183,7 +183,7 @@ pub fn summary(report: &LoadReport) -> String {
                 millis(latency.max),
             ]);
             right_align(&mut table, &[1, 2, 3, 4, 5]);
-            let _ = writeln!(out, "{table}");
+            out.push_str(&table_text(&table));
         }
         None => out.push_str("latency: nothing answered\n"),
     }
@@ -217,19 +217,24 @@ fn describe(answer: Answer) -> &'static str {
 }
 
 /// A borderless table in the style of the command's other tables.
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
     table.set_header(header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     table
 }
 
-fn right_align(table: &mut Table, columns: &[usize]) {
+pub(crate) fn right_align(table: &mut Table, columns: &[usize]) {
     for &index in columns {
         if let Some(column) = table.column_mut(index) {
             column.set_cell_alignment(CellAlignment::Right);
         }
     }
+}
+
+/// The table's lines without the padding at their ends, each ending in a newline.
+pub(crate) fn table_text(table: &Table) -> String {
+    table.lines().map(|line| format!("{}\n", line.trim_end())).collect()
 }
 
 /// Milliseconds for people: two decimals below 10, one below 1000, none above.

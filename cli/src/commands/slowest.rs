@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
-use comfy_table::{CellAlignment, Table, presets};
 use serde_json::{Value, json};
 use tracehop_spanfeed::{SpanRecord, scan_feed};
 
@@ -90,9 +89,7 @@ pub fn slowest_text(top: &[TraceSummary], checkouts: &[u64], since: Option<Durat
         super::load::millis(ms(median)),
         super::load::millis(ms(p99)),
     );
-    let mut table = Table::new();
-    table.load_preset(presets::NOTHING);
-    table.set_header(vec!["trace", "duration", "status", "errors", "culprit", "span", "self time"]);
+    let mut table = super::load::table(&["trace", "duration", "status", "errors", "culprit", "span", "self time"]);
     for trace in top {
         let (service, span, self_time) = match &trace.culprit {
             Some(c) => (clean(&c.service), clean(&c.span), format!("{} ms", super::load::millis(ms(c.self_nanos)))),
@@ -108,12 +105,8 @@ pub fn slowest_text(top: &[TraceSummary], checkouts: &[u64], since: Option<Durat
             self_time,
         ]);
     }
-    for index in [1, 2, 3, 6] {
-        if let Some(column) = table.column_mut(index) {
-            column.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    let _ = writeln!(out, "{table}");
+    super::load::right_align(&mut table, &[1, 2, 3, 6]);
+    out.push_str(&super::load::table_text(&table));
     let _ = writeln!(out, "why the slowest was slow: tracehop explain {}", clean(&top[0].trace_id));
     out
 }
