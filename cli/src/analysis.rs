@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tracehop_spanfeed::{SpanKind, SpanRecord, SpanStatus};
+use tracehop_spanfeed::{Scan, SpanKind, SpanRecord, SpanStatus};
 
 /// The route whose server span is a checkout's root.
 pub const CHECKOUT_ROUTE: &str = "/v1/orders";
@@ -372,6 +372,25 @@ pub fn slowest<'a>(
         .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].trace_id.cmp(&b.1[0].trace_id)));
     ranked.into_iter().take(limit).filter_map(|(_, spans)| summarize(spans)).collect()
+}
+
+/// Every checkout in `scan` whose root started at or after
+/// `since_unix_nano`, as (root duration, trace id), slowest first. Only the
+/// gateway's batches are decoded: ranking a feed of many thousand traces
+/// must not cost decoding every span in it. Analyse the few that matter with
+/// [`summarize`] on [`Scan::decode`].
+pub fn checkouts_in(scan: &Scan, since_unix_nano: u64) -> Vec<(u64, &str)> {
+    let mut ranked: Vec<(u64, &str)> = scan
+        .traces
+        .keys()
+        .filter_map(|trace_id| {
+            let gateway = scan.decode_service(trace_id, GATEWAY);
+            let root = &gateway[checkout_root(&gateway)?];
+            (root.start_unix_nano >= since_unix_nano).then_some((root.duration_nanos(), trace_id.as_str()))
+        })
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    ranked
 }
 
 /// One span on the critical path, for people and scripts.

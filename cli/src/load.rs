@@ -16,7 +16,8 @@
 //! every expected durable consumer from the messaging crate's topology until
 //! the stream holds at least one event per confirmed or declined order of
 //! the run and every consumer has nothing pending and nothing awaiting its
-//! ack; `drain` is how long that took.
+//! ack, on two polls in a row with nothing new in between; `drain` is how
+//! long after the last answer the first of them was.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -450,12 +451,17 @@ pub async fn run(
 
     for n in 0..planned {
         let due = start + interval.mul_f64(n as f64);
-        while Instant::now() < due {
-            sleep_until(due.min(next_progress)).await;
+        // Reported here too, so that a generator that has fallen behind (and
+        // never sleeps) still shows where it is.
+        loop {
             if Instant::now() >= next_progress {
                 progress(&snapshot(Phase::Sending, &stats));
-                next_progress += PROGRESS_EVERY;
+                next_progress = Instant::now() + PROGRESS_EVERY;
             }
+            if Instant::now() >= due {
+                break;
+            }
+            sleep_until(due.min(next_progress)).await;
         }
         while tasks.try_join_next().is_some() {}
         let permit = match &limiter {
@@ -495,7 +501,7 @@ pub async fn run(
             joined = tasks.join_next() => if joined.is_none() { break },
             _ = sleep_until(next_progress) => {
                 progress(&snapshot(Phase::Answering, &stats));
-                next_progress += PROGRESS_EVERY;
+                next_progress = Instant::now() + PROGRESS_EVERY;
             }
         }
     }
@@ -507,16 +513,17 @@ pub async fn run(
         (Some(_), None) => Drain::NotMeasured(format!("the {} stream could not be read", ORDERS)),
         (Some(js), Some(baseline)) => {
             let expected = baseline + answers.get(Answer::Created) + answers.get(Answer::Declined);
-            let drained_at = Instant::now();
             let mut check = Box::pin(wait_for_drain(js, expected, config.drain_timeout));
             loop {
                 tokio::select! {
-                    outcome = &mut check => break outcome.map_or_else(Drain::NotMeasured, |done| {
-                        if done { Drain::Drained(drained_at.elapsed()) } else { Drain::TimedOut(drained_at.elapsed()) }
-                    }),
+                    outcome = &mut check => break match outcome {
+                        Ok(Some(after)) => Drain::Drained(after),
+                        Ok(None) => Drain::TimedOut(config.drain_timeout),
+                        Err(why) => Drain::NotMeasured(why),
+                    },
                     _ = sleep_until(next_progress) => {
                         progress(&snapshot(Phase::Draining, &stats));
-                        next_progress += PROGRESS_EVERY;
+                        next_progress = Instant::now() + PROGRESS_EVERY;
                     }
                 }
             }
@@ -546,15 +553,23 @@ async fn orders_last_sequence(js: &jetstream::Context) -> Result<u64, String> {
 }
 
 /// Polls until the stream's last sequence reaches `expected_last` and every
-/// expected consumer of ORDERS has no pending and no ack-pending message:
-/// `Ok(true)`; `Ok(false)` when `deadline` passes first; `Err` when the
-/// stream or a consumer cannot be read at all.
-async fn wait_for_drain(js: &jetstream::Context, expected_last: u64, deadline: Duration) -> Result<bool, String> {
-    let until = Instant::now() + deadline;
+/// expected consumer of ORDERS has no pending and no ack-pending message, on
+/// two polls in a row (an event of an order the run cannot count, a 503 that
+/// failed an order, may still be on its way): `Ok(Some(after))` with the time
+/// of the first of the two; `Ok(None)` when `deadline` passes first; `Err`
+/// when the stream or a consumer cannot be read at all.
+async fn wait_for_drain(
+    js: &jetstream::Context,
+    expected_last: u64,
+    deadline: Duration,
+) -> Result<Option<Duration>, String> {
+    let started = Instant::now();
     let consumers: Vec<_> = expected_consumers().into_iter().filter(|spec| spec.stream == ORDERS).collect();
     let stream = js.get_stream(ORDERS).await.map_err(|e| format!("the {ORDERS} stream could not be read: {e}"))?;
+    let mut drained_since: Option<(Duration, u64)> = None;
     loop {
-        let mut done = orders_last_sequence(js).await? >= expected_last;
+        let last = orders_last_sequence(js).await?;
+        let mut done = last >= expected_last;
         for spec in &consumers {
             if !done {
                 break;
@@ -565,11 +580,14 @@ async fn wait_for_drain(js: &jetstream::Context, expected_last: u64, deadline: D
                 .map_err(|e| format!("consumer {} could not be read: {e}", spec.durable))?;
             done = info.num_pending == 0 && info.num_ack_pending == 0;
         }
-        if done {
-            return Ok(true);
-        }
-        if Instant::now() >= until {
-            return Ok(false);
+        drained_since = match (done, drained_since) {
+            // Confirmed: nothing new arrived in between.
+            (true, Some((at, seen))) if seen == last => return Ok(Some(at)),
+            (true, _) => Some((started.elapsed(), last)),
+            (false, _) => None,
+        };
+        if started.elapsed() >= deadline {
+            return Ok(None);
         }
         sleep(DRAIN_POLL).await;
     }

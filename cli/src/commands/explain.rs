@@ -18,6 +18,9 @@ use crate::settings::Settings;
 
 /// How far back "typical" looks.
 pub const TYPICAL_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Of the traces in that window, how many of the latest make "typical": a
+/// median needs hundreds, not every trace of a busy quarter of an hour.
+pub const TYPICAL_TRACES: usize = 1000;
 /// Path steps holding less than this share of the trace are summed up, not listed.
 const LIST_SHARE: f64 = 0.02;
 /// A span this many times slower than its typical duration is called out.
@@ -36,7 +39,8 @@ pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json
         _ => fetch_trace(&js, &trace_id).await?,
     };
     let scan = scan_feed(&js, Some(TYPICAL_WINDOW)).await?;
-    let typical = Typical::learn(scan.traces.values().map(Vec::as_slice), Some(&trace_id));
+    let recent: Vec<Vec<_>> = scan.latest(TYPICAL_TRACES).into_iter().map(|id| scan.decode(id)).collect();
+    let typical = Typical::learn(recent.iter().map(Vec::as_slice), Some(&trace_id));
     let Some(explanation) = analysis::explain(&spans, &typical) else {
         anyhow::bail!("trace {trace_id} is not in the span feed (it keeps about an hour of spans; is the id right?)");
     };
@@ -167,8 +171,21 @@ pub fn explain_text(e: &Explanation) -> String {
     if e.errors.is_empty() {
         out.push_str("errors: none\n");
     } else {
-        let _ = writeln!(out, "errors ({}):", e.errors.len());
+        // One failure is often marked on every span it passed through on
+        // its way back: one line per failure, at the innermost span (the
+        // latest to start), with how many more spans carry it.
+        let mut groups: Vec<(&analysis::Failure, usize)> = Vec::new();
         for f in &e.errors {
+            match groups
+                .iter_mut()
+                .find(|(g, _)| (g.kind, &g.error_type, &g.message) == (f.kind, &f.error_type, &f.message))
+            {
+                Some(group) => *group = (f, group.1 + 1),
+                None => groups.push((f, 1)),
+            }
+        }
+        let _ = writeln!(out, "errors ({} failed spans):", e.errors.len());
+        for (f, count) in groups {
             let kind = match f.kind {
                 analysis::FailureKind::Error => String::new(),
                 analysis::FailureKind::Missed => " [consumer missed the event]".to_string(),
@@ -176,9 +193,14 @@ pub fn explain_text(e: &Explanation) -> String {
             };
             let error_type =
                 if f.error_type.is_empty() { String::new() } else { format!("{}: ", clean(&f.error_type)) };
+            let also = match count {
+                1 => String::new(),
+                2 => " (and on 1 more span)".to_string(),
+                n => format!(" (and on {} more spans)", n - 1),
+            };
             let _ = writeln!(
                 out,
-                "  ✗ {} {:?}{kind}: {error_type}{}",
+                "  ✗ {} {:?}{kind}: {error_type}{}{also}",
                 clean(&f.service),
                 clean(&f.span),
                 clean(&f.message)
@@ -263,6 +285,32 @@ mod tests {
             }),
             span_count: 14,
         }
+    }
+
+    #[test]
+    fn one_failure_on_many_spans_is_one_line_at_the_innermost() {
+        let mut e = explanation();
+        let declined = |index, service: &str, span: &str| Failure {
+            index,
+            kind: FailureKind::Error,
+            service: service.into(),
+            span: span.into(),
+            error_type: "payment_declined".into(),
+            message: "card declined".into(),
+        };
+        e.errors = vec![
+            declined(1, "order", "place order"),
+            declined(2, "order", "send svc.payment.charge"),
+            declined(3, "payment", "charge card"),
+        ];
+        let text = explain_text(&e);
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("✗ ")).collect();
+        assert_eq!(
+            lines,
+            ["  ✗ payment \"charge card\": payment_declined: card declined (and on 2 more spans)"],
+            "{text}"
+        );
+        assert_eq!(explain_json(&e)["errors"].as_array().unwrap().len(), 3, "scripts get every failed span");
     }
 
     #[test]

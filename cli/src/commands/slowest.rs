@@ -1,6 +1,8 @@
 //! `tracehop slowest`: the slowest checkouts in the span feed, each with the
 //! span that held most of its time. The feed is read once
-//! ([`tracehop_spanfeed::scan_feed`]) and ranked by [`crate::analysis`].
+//! ([`tracehop_spanfeed::scan_feed`]), checkouts are ranked by their roots
+//! (decoding only the gateway's spans), and the slowest are analysed whole by
+//! [`crate::analysis`].
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -8,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use tracehop_spanfeed::{SpanRecord, scan_feed};
+use tracehop_spanfeed::scan_feed;
 
 use crate::analysis::{self, TraceSummary};
 use crate::settings::Settings;
@@ -26,26 +28,17 @@ pub async fn run(
         let start = SystemTime::now().checked_sub(since).unwrap_or(UNIX_EPOCH);
         start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
     });
-    let traces = || scan.traces.values().map(Vec::as_slice);
-    let top = analysis::slowest(traces(), since_unix_nano, limit);
+    let checkouts = analysis::checkouts_in(&scan, since_unix_nano);
+    let top: Vec<TraceSummary> =
+        checkouts.iter().take(limit).filter_map(|(_, trace_id)| analysis::summarize(&scan.decode(trace_id))).collect();
     if as_json {
         println!("{}", serde_json::to_string_pretty(&slowest_json(&top))?);
     } else {
-        let checkouts = checkout_durations(traces(), since_unix_nano);
-        print!("{}", slowest_text(&top, &checkouts, since, scan.spans));
+        let mut durations: Vec<u64> = checkouts.iter().map(|(duration, _)| *duration).collect();
+        durations.sort_unstable();
+        print!("{}", slowest_text(&top, &durations, since, scan.messages));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Root durations of every checkout that started at or after `since_unix_nano`, sorted.
-fn checkout_durations<'a>(traces: impl Iterator<Item = &'a [SpanRecord]>, since_unix_nano: u64) -> Vec<u64> {
-    let mut durations: Vec<u64> = traces
-        .filter_map(|spans| analysis::checkout_root(spans).map(|root| &spans[root]))
-        .filter(|root| root.start_unix_nano >= since_unix_nano)
-        .map(SpanRecord::duration_nanos)
-        .collect();
-    durations.sort_unstable();
-    durations
 }
 
 /// `{"traces": [{"trace_id", "duration_ms", "root", "culprit": {"service",
@@ -71,12 +64,14 @@ pub fn slowest_json(top: &[TraceSummary]) -> Value {
 }
 
 /// The ranking for people, with the typical checkout for scale.
-pub fn slowest_text(top: &[TraceSummary], checkouts: &[u64], since: Option<Duration>, spans: u64) -> String {
+/// `checkouts` are the root durations of all checkouts ranked, sorted;
+/// `messages` how many feed messages were read.
+pub fn slowest_text(top: &[TraceSummary], checkouts: &[u64], since: Option<Duration>, messages: u64) -> String {
     let mut out = String::new();
     let window =
         since.map_or("in the span feed".to_string(), |s| format!("of the last {}", humantime::format_duration(s)));
     if top.is_empty() {
-        let _ = writeln!(out, "no checkout traces {window} ({spans} spans read)");
+        let _ = writeln!(out, "no checkout traces {window} ({messages} feed messages read)");
         return out;
     }
     let median = checkouts.get(checkouts.len().saturating_sub(1) / 2).copied().unwrap_or(0);

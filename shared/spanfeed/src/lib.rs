@@ -10,7 +10,7 @@
 //!   [`wait_for_trace`] (until it stops growing) and [`watch`] (spans as they
 //!   arrive).
 //! - [`scan`]: [`scan_feed`], the whole feed (or its recent part) read once,
-//!   grouped by trace.
+//!   grouped by trace, each batch decoded only when asked for.
 //!
 //! The stream uses memory storage with size and age limits: telemetry must not
 //! pay for the fsync that business events need.
@@ -23,7 +23,7 @@ pub mod scan;
 pub use exporter::{FeedStats, SpanFeedExporter};
 pub use reader::{ReadError, fetch_trace, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch};
 pub use record::{SpanKind, SpanLink, SpanRecord, SpanStatus, decode_spans};
-pub use scan::{Scan, Traces, scan_feed};
+pub use scan::{Batch, Scan, scan_feed};
 
 use std::time::Duration;
 

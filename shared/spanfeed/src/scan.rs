@@ -1,10 +1,17 @@
 //! Reading the whole feed (or its recent part) once, grouped by trace: what
 //! `tracehop slowest` and `explain` need to compare one trace with the rest.
+//!
+//! A scan keeps each feed message as it came (a service's batch of one
+//! trace's spans, still encoded) under the trace id and service named by its
+//! subject. Decoding is what costs (every attribute becomes a string), so the
+//! caller decodes only what it needs: the gateway's batches of every trace to
+//! rank checkouts, then whole traces for the few it analyses.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::time::timeout;
 
@@ -12,24 +19,62 @@ use crate::reader::ReadError;
 use crate::record::{SpanRecord, decode_spans};
 use crate::{STREAM, SUBJECT_PREFIX};
 
-/// Spans by trace id, each trace's spans in the order they were published.
-pub type Traces = HashMap<String, Vec<SpanRecord>>;
+/// One feed message: the spans of one trace that one service exported in one
+/// batch, still encoded as OTLP.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// The service, from the subject.
+    pub service: String,
+    /// The message's stream sequence: a later batch has a higher one.
+    pub sequence: u64,
+    pub payload: Bytes,
+}
 
 /// What one scan read.
 #[derive(Debug, Default)]
 pub struct Scan {
-    pub traces: Traces,
-    /// Feed messages read (a message holds one service's batch of one trace).
+    /// Batches by trace id, in stream order.
+    pub traces: HashMap<String, Vec<Batch>>,
+    /// Feed messages read.
     pub messages: u64,
-    pub spans: u64,
-    /// Messages that did not decode, skipped.
-    pub undecodable: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
 }
 
-/// Every span stored on the feed within the last `since` (everything the feed
-/// holds with `None`), read once through one ordered consumer and grouped by
-/// trace id. Reading stops at the last message stored when the scan began, so
-/// that a busy feed cannot keep it going.
+impl Scan {
+    /// Every span of `trace_id` that the scan read; batches that do not
+    /// decode are skipped.
+    pub fn decode(&self, trace_id: &str) -> Vec<SpanRecord> {
+        self.decode_where(trace_id, |_| true)
+    }
+
+    /// The spans of `trace_id` exported by `service` only.
+    pub fn decode_service(&self, trace_id: &str, service: &str) -> Vec<SpanRecord> {
+        self.decode_where(trace_id, |batch| batch.service == service)
+    }
+
+    fn decode_where(&self, trace_id: &str, keep: impl Fn(&Batch) -> bool) -> Vec<SpanRecord> {
+        let Some(batches) = self.traces.get(trace_id) else { return Vec::new() };
+        batches.iter().filter(|b| keep(b)).flat_map(|b| decode_spans(&b.payload).unwrap_or_default()).collect()
+    }
+
+    /// Up to `count` trace ids, those whose latest batch came last first.
+    pub fn latest(&self, count: usize) -> Vec<&str> {
+        let mut traces: Vec<(u64, &str)> = self
+            .traces
+            .iter()
+            .map(|(id, batches)| (batches.iter().map(|b| b.sequence).max().unwrap_or(0), id.as_str()))
+            .collect();
+        traces.sort_unstable_by(|a, b| b.cmp(a));
+        traces.into_iter().take(count).map(|(_, id)| id).collect()
+    }
+}
+
+/// Every message stored on the feed within the last `since` (everything the
+/// feed holds with `None`), read once through one ordered consumer and
+/// grouped by the trace id and service of its subject. Reading stops at the
+/// last message stored when the scan began, so that a busy feed cannot keep
+/// it going.
 pub async fn scan_feed(js: &jetstream::Context, since: Option<Duration>) -> Result<Scan, ReadError> {
     let consume_error = |error: &dyn std::fmt::Display| ReadError::Consume(error.to_string());
     let mut stream = js.get_stream(STREAM).await.map_err(|e| ReadError::Stream(e.to_string()))?;
@@ -65,19 +110,17 @@ pub async fn scan_feed(js: &jetstream::Context, since: Option<Duration>) -> Resu
         let info = message.info().map_err(|e| consume_error(&e))?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         scan.messages += 1;
-        match decode_spans(&message.payload) {
-            Ok(spans) => {
-                scan.spans += spans.len() as u64;
-                for span in spans {
-                    match scan.traces.get_mut(&span.trace_id) {
-                        Some(trace) => trace.push(span),
-                        None => {
-                            scan.traces.insert(span.trace_id.clone(), vec![span]);
-                        }
-                    }
+        scan.bytes += message.payload.len() as u64;
+        // spans.<trace_id>.<service>; anything else is not ours to read.
+        let mut tokens = message.subject.as_str().splitn(3, '.');
+        if let (Some(SUBJECT_PREFIX), Some(trace_id), Some(service)) = (tokens.next(), tokens.next(), tokens.next()) {
+            let batch = Batch { service: service.to_string(), sequence, payload: message.payload.clone() };
+            match scan.traces.get_mut(trace_id) {
+                Some(batches) => batches.push(batch),
+                None => {
+                    scan.traces.insert(trace_id.to_string(), vec![batch]);
                 }
             }
-            Err(_) => scan.undecodable += 1,
         }
         if pending == 0 || sequence >= last_sequence {
             return Ok(scan);
