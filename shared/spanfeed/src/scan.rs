@@ -70,6 +70,18 @@ impl Scan {
     }
 }
 
+/// The trace id and service of a feed subject: its last two tokens, so that
+/// a partition token between the prefix and the trace id
+/// (`spans.<partition>.<trace_id>.<service>`) reads the same as none.
+fn trace_and_service(subject: &str) -> Option<(&str, &str)> {
+    let mut tokens = subject.rsplitn(3, '.');
+    let (service, trace_id, prefix) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    let ours = prefix.split('.').next() == Some(SUBJECT_PREFIX)
+        && trace_id.len() == 32
+        && trace_id.bytes().all(|b| b.is_ascii_hexdigit());
+    ours.then_some((trace_id, service))
+}
+
 /// Every message stored on the feed within the last `since` (everything the
 /// feed holds with `None`), read once through one ordered consumer and
 /// grouped by the trace id and service of its subject. Reading stops at the
@@ -111,9 +123,7 @@ pub async fn scan_feed(js: &jetstream::Context, since: Option<Duration>) -> Resu
         let (sequence, pending) = (info.stream_sequence, info.pending);
         scan.messages += 1;
         scan.bytes += message.payload.len() as u64;
-        // spans.<trace_id>.<service>; anything else is not ours to read.
-        let mut tokens = message.subject.as_str().splitn(3, '.');
-        if let (Some(SUBJECT_PREFIX), Some(trace_id), Some(service)) = (tokens.next(), tokens.next(), tokens.next()) {
+        if let Some((trace_id, service)) = trace_and_service(message.subject.as_str()) {
             let batch = Batch { service: service.to_string(), sequence, payload: message.payload.clone() };
             match scan.traces.get_mut(trace_id) {
                 Some(batches) => batches.push(batch),
@@ -125,5 +135,20 @@ pub async fn scan_feed(js: &jetstream::Context, since: Option<Duration>) -> Resu
         if pending == 0 || sequence >= last_sequence {
             return Ok(scan);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_give_trace_and_service_with_or_without_a_partition() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_and_service(&format!("spans.{trace}.gateway")), Some((trace, "gateway")));
+        assert_eq!(trace_and_service(&format!("spans.4.{trace}.order")), Some((trace, "order")));
+        assert_eq!(trace_and_service(&format!("other.{trace}.order")), None);
+        assert_eq!(trace_and_service("spans.nothex.order"), None);
+        assert_eq!(trace_and_service("spans"), None);
     }
 }
