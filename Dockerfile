@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && mkdir -p /out \
  && find target/release -maxdepth 1 -type f -perm -u+x -name 'tracehop*' -exec cp {} /out/ \; \
  && for bin in tracehop tracehop-gateway tracehop-order tracehop-inventory tracehop-payment \
-               tracehop-loyalty tracehop-notification tracehop-analytics tracehop-sentinel; do \
+               tracehop-loyalty tracehop-notification tracehop-analytics tracehop-sentinel tracehop-keeper; do \
         test -x "/out/$bin" || { echo "missing executable: $bin" >&2; exit 1; }; \
     done \
  && ls /out

@@ -149,12 +149,76 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The live scenarios: list them, switch a fault on or off, apply or remove its fix.
+    Scenario {
+        #[command(subcommand)]
+        action: ScenarioCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Every scenario, its state, its fault and its fix.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a scenario's fault on.
+    On {
+        /// slow-inventory, payment-down, loyalty-n-plus-one or analytics-down.
+        name: String,
+        /// slow-inventory: the share of reservations that hit the slow path (0 to 1; default 0.02).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a scenario's fault off.
+    Off {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a scenario's fix (it acts while the fault is on).
+    Fix {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a scenario's fix.
+    Unfix {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl ScenarioCommand {
+    fn action(self) -> anyhow::Result<(commands::scenario::Action, bool)> {
+        use commands::scenario::Action;
+        use tracehop_scenarios::{Change, Scenario};
+        Ok(match self {
+            ScenarioCommand::List { json } => (Action::List, json),
+            ScenarioCommand::On { name, rate, json } => {
+                (Action::Flip(Scenario::parse(&name)?, Change::On { rate }), json)
+            }
+            ScenarioCommand::Off { name, json } => (Action::Flip(Scenario::parse(&name)?, Change::Off), json),
+            ScenarioCommand::Fix { name, json } => (Action::Flip(Scenario::parse(&name)?, Change::Fix), json),
+            ScenarioCommand::Unfix { name, json } => (Action::Flip(Scenario::parse(&name)?, Change::Unfix), json),
+        })
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = Settings::from_env();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Up { detach } => commands::up::run(&settings, detach).await,
         Command::Down => commands::down::run(&settings),
@@ -180,6 +244,10 @@ async fn main() -> ExitCode {
         }
         Command::Slowest { since, limit, json } => commands::slowest::run(&settings, since, limit, json).await,
         Command::Explain { trace_id, wait, json } => commands::explain::run(&settings, &trace_id, wait, json).await,
+        Command::Scenario { action } => match action.action() {
+            Ok((action, json)) => commands::scenario::run(&settings, action, json).await,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,35 @@
 //! on a developer machine.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracehop_spanfeed::kept::Limits;
+
+/// The span feed's and the kept store's limits from the environment, the
+/// defaults where unset.
+pub fn limits_from_env() -> anyhow::Result<Limits> {
+    let defaults = Limits::default();
+    let number = |name: &str, default: i64| -> anyhow::Result<i64> {
+        match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => value
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("{name} must be a positive number")),
+            _ => Ok(default),
+        }
+    };
+    Ok(Limits {
+        feed_bytes: number("TRACEHOP_SPAN_FEED_BYTES", defaults.feed_bytes)?,
+        feed_max_age: defaults.feed_max_age,
+        kept_bytes: number("TRACEHOP_KEPT_BYTES", defaults.kept_bytes)?,
+        kept_max_age: Duration::from_secs(
+            3600 * number("TRACEHOP_KEPT_MAX_AGE_HOURS", (defaults.kept_max_age.as_secs() / 3600) as i64)? as u64,
+        ),
+    })
+}
 
 /// The command's settings.
 #[derive(Clone, Debug)]
@@ -14,21 +43,31 @@ pub struct Settings {
     pub gateway_addr: String,
     /// `TRACEHOP_HOME`: pid files, logs and mail of a system started by `up`.
     pub home: PathBuf,
+    /// Whether `SMTP_URL` is set: notification then mails over SMTP, not
+    /// into [`Settings::mail_dir`]. The URL itself is notification's to read.
+    pub smtp: bool,
+    /// `TRACEHOP_SPAN_FEED_BYTES`, `TRACEHOP_KEPT_BYTES`,
+    /// `TRACEHOP_KEPT_MAX_AGE_HOURS`: what the span feed (memory) and the
+    /// kept-traces store (disk) may hold; `up` and `prepare` apply them.
+    pub limits: Limits,
 }
 
 impl Settings {
-    pub fn from_env() -> Self {
+    /// Reads the settings; a limit that does not parse is an error naming it.
+    pub fn from_env() -> anyhow::Result<Self> {
         let var = |name: &str, default: &str| {
             std::env::var(name).ok().filter(|value| !value.trim().is_empty()).unwrap_or_else(|| default.to_string())
         };
         let home = PathBuf::from(var("TRACEHOP_HOME", ".tracehop"));
         let home = std::path::absolute(&home).unwrap_or(home);
-        Self {
+        Ok(Self {
             nats_url: var("NATS_URL", "nats://127.0.0.1:4222"),
             database_url: var("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tracehop"),
             gateway_addr: var("TRACEHOP_GATEWAY", "127.0.0.1:8080"),
             home,
-        }
+            smtp: std::env::var("SMTP_URL").is_ok_and(|url| !url.trim().is_empty()),
+            limits: limits_from_env()?,
+        })
     }
 
     /// `http://<gateway_addr>`.

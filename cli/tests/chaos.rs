@@ -13,6 +13,9 @@
 //! - no event id is applied twice, and the ORDERS stream holds exactly one
 //!   event per decided order.
 //!
+//! The kills here land wherever the load happens to be; `stock.rs` kills
+//! PostgreSQL on purpose while releases are in flight.
+//!
 //! The short form runs in CI. The long form is for benchmarks:
 //! `TRACEHOP_CHAOS_ORDERS=600 TRACEHOP_CHAOS_ROUNDS=2 cargo test --release -p tracehop --test chaos -- --nocapture`.
 
@@ -252,6 +255,8 @@ async fn chaos_loses_nothing_and_doubles_nothing() {
          "SELECT COUNT(*) FROM ordering.orders o WHERE status = 'confirmed' AND NOT EXISTS
           (SELECT 1 FROM payment.payments p WHERE p.order_id = o.order_id AND p.status = 'approved')"),
         ("stock still reserved", "SELECT COALESCE(SUM(reserved), 0)::bigint FROM inventory.products"),
+        ("a failed order whose stock release never got through",
+         "SELECT COUNT(*) FROM ordering.orders WHERE stock_release_pending"),
         ("a reservation still held", "SELECT COUNT(*) FROM inventory.reservations WHERE state = 'reserved'"),
     ];
     for (what, sql) in checks {
@@ -285,7 +290,8 @@ async fn wait_for_quiet(system: &TestSystem) -> Duration {
     let quiet_sql = "SELECT (SELECT COUNT(*) FROM ordering.orders WHERE status = 'pending')
         + (SELECT COUNT(*) FROM ordering.outbox WHERE published_at IS NULL)
         + (SELECT COALESCE(SUM(reserved), 0) FROM inventory.products)
-        + (SELECT COUNT(*) FROM ordering.orders WHERE status = 'confirmed' AND NOT stock_committed)";
+        + (SELECT COUNT(*) FROM ordering.orders WHERE status = 'confirmed' AND NOT stock_committed)
+        + (SELECT COUNT(*) FROM ordering.orders WHERE stock_release_pending)";
     while started.elapsed() < Duration::from_secs(180) {
         let busy: i64 = sqlx::query_scalar(quiet_sql).fetch_one(&system.db.pool).await.unwrap_or(1);
         let mut backlog = 0;

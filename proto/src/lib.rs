@@ -50,6 +50,7 @@ impl_reply!(
     AnalyticsSummaryReply,
     ReplayReply,
     SentinelStatusReply,
+    KeeperStatsReply,
 );
 
 impl Error {
@@ -77,6 +78,7 @@ impl ErrorCode {
             ErrorCode::PaymentFailed => "payment_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -102,6 +104,8 @@ pub mod subjects {
 
     /// Request/reply: the sentinel's view of every expected consumer.
     pub const SENTINEL_STATUS: &str = "svc.sentinel.status";
+    /// Request/reply: each keeper's counts ([`crate::v1::KeeperStatsReply`]).
+    pub const KEEPER_STATS: &str = "svc.keeper.stats";
     /// Alerts raised and resolved by the sentinel: `tracehop.alerts.<consumer>`.
     pub const ALERTS_PREFIX: &str = "tracehop.alerts";
 

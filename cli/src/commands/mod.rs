@@ -7,6 +7,7 @@ pub mod kill;
 pub mod load;
 pub mod order;
 pub mod replay;
+pub mod scenario;
 pub mod slowest;
 pub mod start;
 pub mod status;

@@ -39,7 +39,7 @@ pub async fn prepare_only(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Result<()> {
-    tracehop_launcher::prepare(nats, &settings.database_url).await.with_context(
+    tracehop_launcher::prepare(nats, &settings.database_url, &settings.limits).await.with_context(
         || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
     )?;
     println!("migrations applied, streams and consumers ready");
@@ -71,7 +71,11 @@ pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     println!("  gateway   {}", settings.gateway_url());
     println!("  NATS      {}", settings.nats_url);
     println!("  logs      {}", settings.run_dir().display());
-    println!("  mail      {}", settings.mail_dir().display());
+    if settings.smtp {
+        println!("  mail      over SMTP (SMTP_URL)");
+    } else {
+        println!("  mail      {}", settings.mail_dir().display());
+    }
     println!("\ntry: tracehop order --json   then   tracehop trace <trace_id>");
     Ok(())
 }

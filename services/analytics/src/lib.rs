@@ -11,6 +11,10 @@
 //! analytics`): the stream's events again through the same handler, a
 //! rebuild of the totals from scratch, or a redrive of dead letters.
 //!
+//! While the live scenario `analytics-down` is on and unfixed, it stops
+//! consuming without dying: it still answers summaries and replays, its
+//! events wait in the stream, and only the sentinel says so.
+//!
 //! Modules: [`config`] (environment), [`record`] (the event handler and its
 //! SQL), [`summary`] (the summary request), [`replay`] (the handler as a
 //! replayable projection, and the rebuild's reset).
@@ -23,8 +27,9 @@ pub mod summary;
 pub use config::Config;
 
 use anyhow::Context as _;
-use tracehop_messaging::{Responder, async_nats, run_projection, topology};
+use tracehop_messaging::{Responder, async_nats, run_projection_pausable, topology};
 use tracehop_proto::subjects;
+use tracehop_scenarios::Scenario;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
@@ -39,12 +44,21 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let recorder = record::Recorder::new(pool.clone());
     let summary = summary::Summary::new(pool.clone());
     let js = async_nats::jetstream::new(runtime.nats.clone());
+    let switches = tracehop_scenarios::watch(&js, runtime.shutdown.clone()).await?;
+    let paused = switches.broken_signal(Scenario::AnalyticsDown);
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
     let result = tokio::try_join!(
         async {
-            run_projection(&responder, js, topology::analytics_consumer(), recorder, runtime.shutdown)
-                .await
-                .context("the analytics projection failed")
+            run_projection_pausable(
+                &responder,
+                js,
+                topology::analytics_consumer(),
+                recorder,
+                Some(paused),
+                runtime.shutdown,
+            )
+            .await
+            .context("the analytics projection failed")
         },
         async {
             responder

@@ -22,7 +22,7 @@ impl Config {
         Ok(Self {
             base: BaseConfig::from_env()?,
             addr: env_or("GATEWAY_ADDR", "127.0.0.1:8080".to_string())?,
-            order_timeout: env_millis("GATEWAY_ORDER_TIMEOUT_MS", Duration::from_secs(10))?,
+            order_timeout: env_millis("GATEWAY_ORDER_TIMEOUT_MS", Duration::from_secs(20))?,
             read_timeout: env_millis("GATEWAY_READ_TIMEOUT_MS", Duration::from_secs(3))?,
         })
     }

@@ -60,7 +60,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::OutOfStock => StatusCode::CONFLICT,
+        ErrorCode::OutOfStock | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PaymentDeclined => StatusCode::PAYMENT_REQUIRED,
         ErrorCode::PaymentFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -11,9 +11,17 @@
 //!
 //! Stock is conserved per product: seeded stock = `on_hand + reserved + sold`.
 //!
-//! Modules: [`config`] (environment), [`stock`] (the handlers and their SQL).
+//! While the live scenario `slow-inventory` is on, a restock batch job holds
+//! the restock queue's locks and the rare reservation that files a restock
+//! request waits for them in PostgreSQL: see [`restock`].
+//!
+//! Modules: [`config`] (environment), [`stock`] (the handlers and their SQL),
+//! [`restock`] (the restock queue, its batch job, the scenario and its fix),
+//! [`inflight`] (a retried reservation joins its first attempt).
 
 pub mod config;
+pub mod inflight;
+pub mod restock;
 pub mod stock;
 
 pub use config::Config;
@@ -28,7 +36,10 @@ pub const SERVICE: &str = "inventory";
 /// Serves every inventory request until shutdown, then drains.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections).await?;
-    let stock = stock::Stock::new(pool.clone());
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let switches = tracehop_scenarios::watch(&js, runtime.shutdown.clone()).await?;
+    let stock = stock::Stock::with_switches(pool.clone(), switches.clone());
+    let batch_job = tokio::spawn(restock::run_batch_job(pool.clone(), switches, runtime.shutdown.clone()));
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown);
     tokio::try_join!(
         responder.serve(subjects::INVENTORY_RESERVE, stock.clone(), stock::Stock::reserve),
@@ -36,6 +47,7 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         responder.serve(subjects::INVENTORY_RELEASE, stock.clone(), stock::Stock::release),
         responder.serve(subjects::INVENTORY_PRICES, stock, stock::Stock::prices),
     )?;
+    let _ = batch_job.await;
     pool.close().await;
     Ok(())
 }

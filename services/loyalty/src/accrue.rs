@@ -14,6 +14,8 @@ use tracehop_proto::v1::{GetPricesReply, GetPricesRequest, OrderEvent, OrderStat
 use tracing::field::Empty;
 use uuid::Uuid;
 
+use tracehop_scenarios::{Scenario, Switches};
+
 use crate::config::Pricing;
 use crate::points::{Tier, premium_points, standard_points};
 
@@ -51,18 +53,24 @@ fn parse_uuid(field: &str, value: &str) -> Result<Uuid, AccrueError> {
 }
 
 /// The handler's shared state: the pool, the NATS connection for price
-/// requests, and how to price.
+/// requests, and the live scenarios, which decide how to price.
 #[derive(Clone, Debug)]
 pub struct Accrual {
     pool: PgPool,
     nats: Client,
-    pricing: Pricing,
+    switches: Switches,
     price_timeout: Duration,
 }
 
 impl Accrual {
-    pub fn new(pool: PgPool, nats: Client, pricing: Pricing, price_timeout: Duration) -> Self {
-        Self { pool, nats, pricing, price_timeout }
+    pub fn new(pool: PgPool, nats: Client, switches: Switches, price_timeout: Duration) -> Self {
+        Self { pool, nats, switches, price_timeout }
+    }
+
+    /// How premium orders are priced now: one request per item while
+    /// `loyalty-n-plus-one` is on and unfixed, one batch request otherwise.
+    pub fn pricing(&self) -> Pricing {
+        if self.switches.get(Scenario::LoyaltyNPlusOne).broken() { Pricing::PerItem } else { Pricing::Batch }
     }
 
     /// Accrues the event's points once; returns false, changing nothing,
@@ -114,8 +122,10 @@ impl Accrual {
         let points = match tier {
             Tier::Standard => standard_points(event.total_cents),
             Tier::Premium => {
-                span.record("loyalty.pricing", self.pricing.as_str());
-                let prices = self.unit_prices(&event.items).await?;
+                let pricing = self.pricing();
+                span.record("loyalty.pricing", pricing.as_str());
+                self.switches.annotate(&span, &[Scenario::LoyaltyNPlusOne]);
+                let prices = self.unit_prices(pricing, &event.items).await?;
                 let lines = event
                     .items
                     .iter()
@@ -139,10 +149,10 @@ impl Accrual {
     }
 
     /// Unit prices of the items, from inventory: one request per item, or
-    /// one for all, as configured.
-    async fn unit_prices(&self, items: &[PricedItem]) -> Result<HashMap<String, i64>, AccrueError> {
+    /// one for all.
+    async fn unit_prices(&self, pricing: Pricing, items: &[PricedItem]) -> Result<HashMap<String, i64>, AccrueError> {
         let mut prices = HashMap::with_capacity(items.len());
-        match self.pricing {
+        match pricing {
             Pricing::PerItem => {
                 for item in items {
                     prices.extend(self.ask_prices(vec![item.sku.clone()]).await?);

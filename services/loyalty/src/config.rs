@@ -13,9 +13,6 @@ pub struct Config {
     /// `LOYALTY_DB_CONNECTIONS`: the pool size. Events are handled one at a
     /// time, so a few connections are plenty.
     pub max_connections: u32,
-    /// `LOYALTY_PRICING` (`per-item` or `batch`): how a premium order's
-    /// items are priced.
-    pub pricing: Pricing,
     /// `LOYALTY_PRICE_TIMEOUT_MS`: how long one price request may take.
     pub price_timeout: Duration,
 }
@@ -26,20 +23,20 @@ impl Config {
         Ok(Self {
             base: BaseConfig::from_env()?,
             max_connections: env_or("LOYALTY_DB_CONNECTIONS", 4)?,
-            pricing: env_or("LOYALTY_PRICING", Pricing::PerItem)?,
             price_timeout: env_millis("LOYALTY_PRICE_TIMEOUT_MS", Duration::from_millis(2000))?,
         })
     }
 }
 
-/// How a premium order's items are priced by inventory.
+/// How a premium order's items are priced by inventory. The live scenario
+/// `loyalty-n-plus-one` switches between the two.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Pricing {
-    /// One `svc.inventory.prices` request per item: the N+1 call pattern the
-    /// design keeps on purpose, so that a scenario can show it in a trace.
-    #[default]
+    /// One `svc.inventory.prices` request per item: the N+1 call pattern,
+    /// while the scenario is on and unfixed.
     PerItem,
-    /// One request with every SKU of the order.
+    /// One request with every SKU of the order: the fix, and the normal way.
+    #[default]
     Batch,
 }
 
@@ -81,7 +78,7 @@ mod tests {
         assert_eq!("batch".parse::<Pricing>(), Ok(Pricing::Batch));
         assert!("Batch".parse::<Pricing>().is_err());
         assert!("per_item".parse::<Pricing>().is_err());
-        assert_eq!(Pricing::default(), Pricing::PerItem);
+        assert_eq!(Pricing::default(), Pricing::Batch);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! A standard customer earns 1 point per whole currency unit of the order's
 //! total. A premium customer earns 2 points per whole currency unit of each
 //! item's price times its quantity, and every item is priced by asking
-//! inventory (`svc.inventory.prices`): one request per item by default, the
-//! deliberate N+1 call pattern that a scenario later reproduces and fixes
-//! with `LOYALTY_PRICING=batch` (one request for the whole order).
+//! inventory (`svc.inventory.prices`): one request for the whole order; or,
+//! while the live scenario `loyalty-n-plus-one` is on and unfixed, one
+//! request per item, the N+1 call pattern, as N sequential CLIENT spans.
 //!
 //! Each event accrues at most once: its id is recorded in
 //! `loyalty.accruals` in the same transaction that adds the points, so a
@@ -41,8 +41,9 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections)
         .await
         .context("failed to connect to the database")?;
-    let accrual = accrue::Accrual::new(pool.clone(), runtime.nats.clone(), config.pricing, config.price_timeout);
     let js = async_nats::jetstream::new(runtime.nats.clone());
+    let switches = tracehop_scenarios::watch(&js, runtime.shutdown.clone()).await?;
+    let accrual = accrue::Accrual::new(pool.clone(), runtime.nats.clone(), switches, config.price_timeout);
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
     let result = run_projection(&responder, js, topology::loyalty_consumer(), accrual, runtime.shutdown)
         .await

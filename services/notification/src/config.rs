@@ -16,9 +16,14 @@ pub const DEFAULT_SMTP_PORT: u16 = 25;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub base: BaseConfig,
-    /// `NOTIFICATION_DB_CONNECTIONS`: the pool size. Events are handled one
-    /// at a time, so a few connections are plenty.
+    /// `NOTIFICATION_DB_CONNECTIONS` (default: `concurrency` + 2): the pool
+    /// size. Each event in hand holds a connection (its transaction stays
+    /// open while its mail is sent), plus a few for replays.
     pub max_connections: u32,
+    /// `NOTIFICATION_CONCURRENCY` (default 8): events handled at once, so
+    /// that a mail that stalls holds up only itself. Per-event order does
+    /// not matter to mail.
+    pub concurrency: usize,
     /// `SMTP_URL` (`smtp://host[:port]`): send through this server, without
     /// TLS. Unset: write each mail as a file into `mail_dir` instead.
     pub smtp: Option<SmtpServer>,
@@ -27,10 +32,12 @@ pub struct Config {
     pub mail_dir: PathBuf,
     /// `NOTIFICATION_FROM`: the sender of every mail.
     pub from: Mailbox,
-    /// `NOTIFICATION_SMTP_TIMEOUT_MS` (default 5000): how long one SMTP
-    /// exchange may take. Kept below the consumer's ack wait (10 s) so that
-    /// a hung server fails this delivery instead of causing a redelivery
-    /// while it is still in hand.
+    /// `NOTIFICATION_SMTP_TIMEOUT_MS` (default 5000): the deadline of one
+    /// whole send (connect, every command, the data and its answer),
+    /// enforced around the transport. It must be shorter than the
+    /// consumer's ack wait, so that a relay that accepts and never answers
+    /// fails the attempt, and the retry and dead-letter machinery takes
+    /// over, before the server redelivers an event still in hand.
     pub smtp_timeout: Duration,
 }
 
@@ -44,16 +51,29 @@ impl Config {
             "" => None,
             url => Some(url.parse().context("environment variable SMTP_URL is invalid")?),
         };
+        let concurrency: usize = env_or("NOTIFICATION_CONCURRENCY", 8)?;
+        if concurrency == 0 {
+            anyhow::bail!("environment variable NOTIFICATION_CONCURRENCY must be at least 1");
+        }
+        let smtp_timeout = env_millis("NOTIFICATION_SMTP_TIMEOUT_MS", Duration::from_secs(5))?;
+        let ack_wait = tracehop_messaging::topology::notification_consumer().ack_wait;
+        if smtp_timeout.is_zero() || smtp_timeout >= ack_wait {
+            anyhow::bail!(
+                "environment variable NOTIFICATION_SMTP_TIMEOUT_MS must be above 0 and below the consumer's ack wait ({} ms)",
+                ack_wait.as_millis()
+            );
+        }
         Ok(Self {
             base: BaseConfig::from_env()?,
-            max_connections: env_or("NOTIFICATION_DB_CONNECTIONS", 4)?,
+            max_connections: env_or("NOTIFICATION_DB_CONNECTIONS", concurrency as u32 + 2)?,
+            concurrency,
             smtp,
             mail_dir: env_or("NOTIFICATION_MAIL_DIR", PathBuf::from(".tracehop/mail"))?,
             from: env_or(
                 "NOTIFICATION_FROM",
                 "tracehop <orders@tracehop.invalid>".parse().context("the default sender is invalid")?,
             )?,
-            smtp_timeout: env_millis("NOTIFICATION_SMTP_TIMEOUT_MS", Duration::from_secs(5))?,
+            smtp_timeout,
         })
     }
 }

@@ -8,6 +8,11 @@
 //! recorded as `skipped`. The recipient is personal data: it is used to
 //! address the mail and for nothing else, never kept, logged or traced.
 //!
+//! Up to `NOTIFICATION_CONCURRENCY` events are handled at once, and every
+//! SMTP send has a deadline (`NOTIFICATION_SMTP_TIMEOUT_MS`) shorter than
+//! the consumer's ack wait: a relay that stalls fails its attempts (retried,
+//! then dead-lettered) and holds up only the mails it stalls.
+//!
 //! Each event is mailed once: its id is inserted into `notification.emails`
 //! before sending, in a transaction committed only after the send, so a
 //! redelivery finds the row and sends nothing (see [`notify`] for the one
@@ -45,14 +50,19 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("failed to create the mail directory {}", config.mail_dir.display()))?,
     };
-    tracing::info!(notification.transport = mailer.transport_name(), "mailer ready");
+    tracing::info!(
+        notification.transport = mailer.transport_name(),
+        notification.concurrency = config.concurrency,
+        "mailer ready"
+    );
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections)
         .await
         .context("failed to connect to the database")?;
     let notifier = notify::Notifier::new(pool.clone(), mailer, config.from);
     let js = async_nats::jetstream::new(runtime.nats.clone());
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
-    let result = run_projection(&responder, js, topology::notification_consumer(), notifier, runtime.shutdown)
+    let consumer = topology::notification_consumer().with_max_in_flight(config.concurrency);
+    let result = run_projection(&responder, js, consumer, notifier, runtime.shutdown)
         .await
         .context("the notification projection failed");
     pool.close().await;

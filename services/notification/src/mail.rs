@@ -138,8 +138,8 @@ pub fn build(from: &Mailbox, to: Address, event_id: Uuid, rendered: Rendered) ->
 /// How mail leaves this service.
 #[derive(Clone)]
 pub enum Mailer {
-    /// Plain SMTP to one server.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// Plain SMTP to one server, each send bounded by `deadline`.
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, server: SmtpServer, deadline: Duration },
     /// One `.eml` file per mail in a directory, named after the event: a
     /// mail sent again (after a crash between sending and recording it)
     /// replaces the first one instead of adding a second.
@@ -152,13 +152,16 @@ pub enum Mailer {
 pub struct SendError(String);
 
 impl Mailer {
-    /// A mailer that speaks plain SMTP (no TLS, no credentials) to `server`.
-    pub fn smtp(server: &SmtpServer, timeout: Duration) -> Self {
+    /// A mailer that speaks plain SMTP (no TLS, no credentials) to
+    /// `server`, giving up on a send after `deadline`. lettre's own timeout
+    /// covers only the TCP connect of its async transport, not the wait for
+    /// the server's replies: the deadline is enforced around the whole send.
+    pub fn smtp(server: &SmtpServer, deadline: Duration) -> Self {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server.host.clone())
             .port(server.port)
-            .timeout(Some(timeout))
+            .timeout(Some(deadline))
             .build();
-        Mailer::Smtp(transport)
+        Mailer::Smtp { transport, server: server.clone(), deadline }
     }
 
     /// A mailer that writes into `dir`, creating it if needed.
@@ -170,7 +173,7 @@ impl Mailer {
     /// `smtp` or `file`, for spans and logs.
     pub fn transport_name(&self) -> &'static str {
         match self {
-            Mailer::Smtp(_) => "smtp",
+            Mailer::Smtp { .. } => "smtp",
             Mailer::File(_) => "file",
         }
     }
@@ -180,13 +183,28 @@ impl Mailer {
     #[tracing::instrument(
         name = "send email",
         skip_all,
-        fields(otel.kind = "client", notification.transport = self.transport_name()),
+        fields(
+            otel.kind = "client",
+            notification.transport = self.transport_name(),
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
+        ),
         err
     )]
     pub async fn send(&self, message: Message, event_id: Uuid) -> Result<(), SendError> {
         match self {
-            Mailer::Smtp(transport) => {
-                transport.send(message).await.map(drop).map_err(|error| SendError(describe_smtp(&error)))
+            Mailer::Smtp { transport, server, deadline } => {
+                let span = tracing::Span::current();
+                span.record("server.address", server.host.as_str());
+                span.record("server.port", i64::from(server.port));
+                // Dropping the send on the deadline closes its connection.
+                match tokio::time::timeout(*deadline, transport.send(message)).await {
+                    Ok(sent) => sent.map(drop).map_err(|error| SendError(describe_smtp(&error))),
+                    Err(_) => Err(SendError(format!(
+                        "smtp send failed: no answer within the deadline of {} ms",
+                        deadline.as_millis()
+                    ))),
+                }
             }
             Mailer::File(dir) => {
                 // Written aside, then renamed: a reader never sees half a mail.

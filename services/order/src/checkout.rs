@@ -13,7 +13,7 @@ use tracehop_proto::Reply as _;
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{
     ChargeReply, ChargeRequest, CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetOrderReply,
-    GetOrderRequest, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem, ReleaseStockReply,
+    GetOrderRequest, LineItem, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem, ReleaseStockReply,
     ReleaseStockRequest, ReserveStockReply, ReserveStockRequest,
 };
 use tracehop_telemetry::{current_trace_id, record_failure};
@@ -21,9 +21,16 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
+use tracehop_scenarios::{Scenario, Switches};
+
 use crate::breaker::{CircuitBreaker, Permit};
 use crate::config::Config;
 use crate::store::{Decision, KeyClaim, NewOrder, Store};
+
+/// How long order waits for a charge while the scenario `payment-down` is
+/// on and unfixed: the timeout it had before the incident taught the 3 s
+/// one.
+pub const UNFIXED_PAYMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest Idempotency-Key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -38,6 +45,8 @@ pub struct Orders {
     outbox_written: Arc<Notify>,
     /// Guards the calls to payment.
     payment_breaker: Arc<CircuitBreaker>,
+    /// The live scenarios (`payment-down` changes how payment is called).
+    switches: Switches,
 }
 
 fn db(error: sqlx::Error) -> WireError {
@@ -45,9 +54,15 @@ fn db(error: sqlx::Error) -> WireError {
 }
 
 impl Orders {
-    pub fn new(store: Store, nats: async_nats::Client, config: Config, outbox_written: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Store,
+        nats: async_nats::Client,
+        config: Config,
+        outbox_written: Arc<Notify>,
+        switches: Switches,
+    ) -> Self {
         let payment_breaker = Arc::new(CircuitBreaker::new(config.breaker_failures, config.breaker_open_for));
-        Self { store, nats, config, outbox_written, payment_breaker }
+        Self { store, nats, config, outbox_written, payment_breaker, switches }
     }
 
     /// Checkout. Answers once the order is decided: with the confirmed order,
@@ -167,13 +182,7 @@ impl Orders {
             self.store.link_key(customer, key, order_id).await.map_err(db)?;
         }
 
-        let reservation = messaging::request::<_, ReserveStockReply>(
-            &self.nats,
-            subjects::INVENTORY_RESERVE,
-            &ReserveStockRequest { order_id: order_id.to_string(), items: request.items.clone() },
-            self.config.inventory_timeout,
-        )
-        .await;
+        let reservation = self.reserve(order_id, &request.items).await;
         let reserved = match reservation {
             Ok(reserved) => reserved,
             Err(RequestError::Remote(error))
@@ -189,23 +198,21 @@ impl Orders {
                 return Err(WireError::new(code, error.message));
             }
             Err(error) => {
-                // The outcome is unknown (a timeout may have reserved): compensate.
-                self.release(order_id).await;
+                // The outcome is unknown (a timeout may have reserved): fail,
+                // which records the intent to release, then release.
                 let reason = format!("stock could not be reserved: {error}");
-                return self.fail(order_id, &[], error.code(), reason, &context).await;
+                return self.fail_and_release(order_id, &[], error.code(), reason, &context).await;
             }
         };
 
         if let Err((code, reason)) = self.charge(order_id, reserved.total_cents, &request).await {
-            self.release(order_id).await;
-            return self.fail(order_id, &reserved.items, code, reason, &context).await;
+            return self.fail_and_release(order_id, &reserved.items, code, reason, &context).await;
         }
 
         // Paid: the order is confirmed first and its stock committed after,
         // so that a crash in between leaves a confirmed order whose commit the
         // resolver repeats, never sold stock for an order that then fails.
-        let order =
-            self.store.decide(order_id, &Decision::Confirmed, &reserved.items, false, &context).await.map_err(db)?;
+        let order = self.store.decide(order_id, &Decision::Confirmed, &reserved.items, &context).await.map_err(db)?;
         self.outbox_written.notify_one();
         if order.status != OrderStatus::Confirmed as i32 {
             // The resolver failed this checkout while it was stuck; payment
@@ -224,9 +231,68 @@ impl Orders {
         Ok(PlaceOrderReply { error: None, order: Some(order) })
     }
 
+    /// Reserves the order's stock, asking again when inventory does not
+    /// answer in time, up to `inventory_attempts` requests in all (each a
+    /// CLIENT span of its own). Safe: a reserve is idempotent per order.
+    async fn reserve(&self, order_id: Uuid, items: &[LineItem]) -> Result<ReserveStockReply, RequestError> {
+        let request = ReserveStockRequest { order_id: order_id.to_string(), items: items.to_vec() };
+        let mut attempt = 1;
+        loop {
+            let reply = messaging::request::<_, ReserveStockReply>(
+                &self.nats,
+                subjects::INVENTORY_RESERVE,
+                &request,
+                self.config.inventory_timeout,
+            )
+            .await;
+            match reply {
+                Err(RequestError::TimedOut { .. }) if attempt < self.config.inventory_attempts => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
     /// Charges through the circuit breaker. The error is the order's failure
-    /// code and reason.
+    /// code and reason. While `payment-down` is on and unfixed, the charge
+    /// goes out as it did before the fix: no breaker, a 30 s timeout.
     async fn charge(
+        &self,
+        order_id: Uuid,
+        amount_cents: i64,
+        request: &PlaceOrderRequest,
+    ) -> Result<ChargeReply, (ErrorCode, String)> {
+        if self.switches.get(Scenario::PaymentDown).broken() {
+            return self.charge_unguarded(order_id, amount_cents, request).await;
+        }
+        self.charge_guarded(order_id, amount_cents, request).await
+    }
+
+    /// The charge as before the fix: no breaker, [`UNFIXED_PAYMENT_TIMEOUT`].
+    async fn charge_unguarded(
+        &self,
+        order_id: Uuid,
+        amount_cents: i64,
+        request: &PlaceOrderRequest,
+    ) -> Result<ChargeReply, (ErrorCode, String)> {
+        let span = tracing::info_span!("call payment", otel.kind = "internal", payment.circuit_breaker.state = "none");
+        self.switches.annotate(&span, &[Scenario::PaymentDown]);
+        messaging::request::<_, ChargeReply>(
+            &self.nats,
+            subjects::PAYMENT_CHARGE,
+            &ChargeRequest { order_id: order_id.to_string(), amount_cents, card: request.card.clone() },
+            UNFIXED_PAYMENT_TIMEOUT,
+        )
+        .instrument(span.clone())
+        .await
+        .map_err(|error| {
+            let failure = payment_failure(&error);
+            record_failure(&span, error.error_type(), &failure.1);
+            failure
+        })
+    }
+
+    /// Charges through the circuit breaker, with the configured timeout.
+    async fn charge_guarded(
         &self,
         order_id: Uuid,
         amount_cents: i64,
@@ -240,6 +306,7 @@ impl Orders {
             payment.circuit_breaker.trial = permit == Permit::Trial,
             payment.circuit_breaker.state_after = tracing::field::Empty,
         );
+        self.switches.annotate(&span, &[Scenario::PaymentDown]);
         if permit == Permit::Reject {
             let reason = "payment is unavailable (circuit breaker open); the card was not charged".to_string();
             record_failure(&span, "circuit_open", &reason);
@@ -263,17 +330,7 @@ impl Orders {
         let state = self.payment_breaker.record(permit, !unavailable);
         span.record("payment.circuit_breaker.state_after", state.as_str());
         result.map_err(|error| {
-            let failure = match &error {
-                RequestError::Remote(wire) => (wire.kind(), wire.message.clone()),
-                RequestError::NoResponders { .. } => {
-                    (ErrorCode::Unavailable, "payment is not running; the card was not charged".to_string())
-                }
-                RequestError::TimedOut { timeout, .. } => (
-                    ErrorCode::Unavailable,
-                    format!("payment did not answer within {timeout:?}; any charge made will be refunded"),
-                ),
-                other => (ErrorCode::Unavailable, format!("payment failed: {other}")),
-            };
+            let failure = payment_failure(&error);
             record_failure(&span, error.error_type(), &failure.1);
             failure
         })
@@ -308,9 +365,30 @@ impl Orders {
         }
     }
 
+    /// Fails the order, then gives its stock back: the failure records the
+    /// intent to release in the same transaction, so a release that does not
+    /// get through now (inventory or its database down) is repeated by the
+    /// repair loop until it does.
+    pub(crate) async fn fail_and_release(
+        &self,
+        order_id: Uuid,
+        priced: &[PricedItem],
+        code: ErrorCode,
+        reason: String,
+        context: &StoredContext,
+    ) -> Result<PlaceOrderReply, WireError> {
+        let reply = self.fail(order_id, priced, code, reason, context).await?;
+        if self.release(order_id).await.is_ok()
+            && let Err(error) = self.store.mark_released(order_id).await
+        {
+            tracing::warn!(order.id = %order_id, error = %tracehop_db::describe_error(&error), "failed to record a stock release; the repair loop repeats it");
+        }
+        Ok(reply)
+    }
+
     /// Fails the order (and writes `orders.failed`), answering with the
     /// failed order and the reason.
-    pub(crate) async fn fail(
+    async fn fail(
         &self,
         order_id: Uuid,
         priced: &[PricedItem],
@@ -320,33 +398,46 @@ impl Orders {
     ) -> Result<PlaceOrderReply, WireError> {
         record_failure(&tracing::Span::current(), code.short_name(), &reason);
         let decision = Decision::Failed { code, reason: reason.clone() };
-        let order = self.store.decide(order_id, &decision, priced, false, context).await.map_err(db)?;
+        let order = self.store.decide(order_id, &decision, priced, context).await.map_err(db)?;
         self.outbox_written.notify_one();
         Ok(PlaceOrderReply { error: Some(WireError::new(code, reason)), order: Some(order) })
     }
 
-    /// Gives the order's reserved stock back. A failure is logged and traced
-    /// but does not change the answer: release is idempotent, and the
-    /// resolver repeats it for orders it fails.
-    pub(crate) async fn release(&self, order_id: Uuid) -> bool {
-        match messaging::request::<_, ReleaseStockReply>(
+    /// Asks inventory to give the order's reserved stock back; the units
+    /// released. Idempotent. A failure is logged and traced but changes no
+    /// answer: the order's release intent stays, and the repair loop repeats
+    /// the release.
+    pub(crate) async fn release(&self, order_id: Uuid) -> Result<u32, RequestError> {
+        messaging::request::<_, ReleaseStockReply>(
             &self.nats,
             subjects::INVENTORY_RELEASE,
             &ReleaseStockRequest { order_id: order_id.to_string() },
             self.config.inventory_timeout,
         )
         .await
-        {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::warn!(order.id = %order_id, error = %error, "stock release failed");
-                false
-            }
-        }
+        .map(|reply| reply.released_units)
+        .inspect_err(|error| {
+            tracing::warn!(order.id = %order_id, error = %error, "stock release failed; the repair loop repeats it");
+        })
     }
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+}
+
+/// A failed charge as the order's failure code and reason.
+fn payment_failure(error: &RequestError) -> (ErrorCode, String) {
+    match error {
+        RequestError::Remote(wire) => (wire.kind(), wire.message.clone()),
+        RequestError::NoResponders { .. } => {
+            (ErrorCode::Unavailable, "payment is not running; the card was not charged".to_string())
+        }
+        RequestError::TimedOut { timeout, .. } => (
+            ErrorCode::Unavailable,
+            format!("payment did not answer within {timeout:?}; any charge made will be refunded"),
+        ),
+        other => (ErrorCode::Unavailable, format!("payment failed: {other}")),
     }
 }
 

@@ -8,8 +8,12 @@ use tracehop_service::{BaseConfig, env_millis, env_or};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub base: BaseConfig,
-    /// `ORDER_INVENTORY_TIMEOUT_MS`: the deadline of each inventory request.
+    /// `ORDER_INVENTORY_TIMEOUT_MS` (4000): the deadline of each inventory request.
     pub inventory_timeout: Duration,
+    /// `ORDER_INVENTORY_ATTEMPTS` (3): how often a reserve that timed out is
+    /// sent, in all. A reserve is idempotent per order, so asking again is
+    /// safe; it is also how a rare slow reserve becomes a 12 s checkout.
+    pub inventory_attempts: u32,
     /// `ORDER_PAYMENT_TIMEOUT_MS`: the deadline of a charge (3 s).
     pub payment_timeout: Duration,
     /// `ORDER_OUTBOX_POLL_MS`: how often the relay looks for events it was
@@ -34,7 +38,8 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             base: BaseConfig::from_env()?,
-            inventory_timeout: env_millis("ORDER_INVENTORY_TIMEOUT_MS", Duration::from_secs(5))?,
+            inventory_timeout: env_millis("ORDER_INVENTORY_TIMEOUT_MS", Duration::from_secs(4))?,
+            inventory_attempts: env_or::<u32>("ORDER_INVENTORY_ATTEMPTS", 3)?.max(1),
             payment_timeout: env_millis("ORDER_PAYMENT_TIMEOUT_MS", Duration::from_secs(3))?,
             outbox_poll_interval: env_millis("ORDER_OUTBOX_POLL_MS", Duration::from_millis(500))?,
             max_connections: env_or("ORDER_DB_CONNECTIONS", 10)?,

@@ -14,7 +14,13 @@
 //! an order that was not decided.
 //!
 //! Payment is called through a circuit breaker ([`breaker`]); a crash in the
-//! middle of a checkout is finished by the [`resolver`].
+//! middle of a checkout is finished by the [`resolver`]. A reserve that
+//! times out is asked again (it is idempotent per order), up to
+//! `ORDER_INVENTORY_ATTEMPTS` times.
+//!
+//! The live scenario `payment-down`, unfixed, reproduces the incident as it
+//! was before the fix: charges wait [`checkout::UNFIXED_PAYMENT_TIMEOUT`]
+//! and no breaker guards them.
 //!
 //! Modules: [`config`], [`checkout`] (the handlers), [`store`] (SQL),
 //! [`relay`] (outbox to JetStream), [`breaker`], [`resolver`].
@@ -43,12 +49,14 @@ pub const SERVICE: &str = "order";
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections).await?;
     let js = async_nats::jetstream::new(runtime.nats.clone());
+    let switches = tracehop_scenarios::watch(&js, runtime.shutdown.clone()).await?;
     let outbox_written = Arc::new(Notify::new());
     let orders = checkout::Orders::new(
         store::Store::new(pool.clone()),
         runtime.nats.clone(),
         config.clone(),
         outbox_written.clone(),
+        switches,
     );
     let responder = Responder::new(runtime.nats.clone(), SERVICE, runtime.shutdown.clone());
     let relay = relay::Relay::new(pool.clone(), js, config.outbox_poll_interval, outbox_written);

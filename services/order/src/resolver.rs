@@ -6,6 +6,11 @@
 //!   payment then voids or refunds any charge).
 //! - A confirmed order whose stock commit did not get through has the
 //!   (idempotent) commit repeated.
+//! - A failed order whose stock release did not get through (inventory or
+//!   its database down, a timeout) has the (idempotent) release repeated,
+//!   with exponential backoff, until inventory confirms it: the release is
+//!   as certain as the commit. Each attempt is a `repair stock release` span
+//!   in the order's trace.
 //!
 //! Each resolution runs in a span that joins the order's own trace.
 
@@ -16,7 +21,11 @@ use tracehop_proto::v1::ErrorCode;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use tracehop_db::describe_error;
+use tracehop_telemetry::record_failure;
+
 use crate::checkout::Orders;
+use crate::store::DueRelease;
 
 /// Runs a resolution round every `interval` until `shutdown`.
 pub async fn run(orders: Orders, interval: Duration, pending_timeout: Duration, shutdown: CancellationToken) {
@@ -36,9 +45,8 @@ async fn round(orders: &Orders, pending_timeout: Duration) -> Result<(), sqlx::E
         let span = tracing::info_span!("resolve interrupted checkout", otel.kind = "internal", order.id = %order_id);
         let _ = span.set_parent(context.context());
         async {
-            orders.release(order_id).await;
             let reason = "the checkout was interrupted; the order was not completed".to_string();
-            if let Err(error) = orders.fail(order_id, &[], ErrorCode::Unavailable, reason, &context).await {
+            if let Err(error) = orders.fail_and_release(order_id, &[], ErrorCode::Unavailable, reason, &context).await {
                 tracing::warn!(order.id = %order_id, error = %error.message, "failed to fail an interrupted order");
             }
         }
@@ -58,5 +66,40 @@ async fn round(orders: &Orders, pending_timeout: Duration) -> Result<(), sqlx::E
         .instrument(span)
         .await;
     }
+    for due in orders.store().releases_due().await? {
+        repair_release(orders, due).await;
+    }
     Ok(())
+}
+
+/// One more attempt at a failed order's stock release, in the order's trace.
+async fn repair_release(orders: &Orders, due: DueRelease) {
+    let span = tracing::info_span!(
+        "repair stock release",
+        otel.kind = "internal",
+        order.id = %due.order_id,
+        tracehop.repair.attempt = i64::from(due.attempts + 1),
+        stock.released_units = tracing::field::Empty,
+    );
+    let _ = span.set_parent(due.context.context());
+    async {
+        match orders.release(due.order_id).await {
+            Ok(units) => {
+                tracing::Span::current().record("stock.released_units", i64::from(units));
+                if let Err(error) = orders.store().mark_released(due.order_id).await {
+                    tracing::warn!(order.id = %due.order_id, error = %describe_error(&error), "failed to record a stock release");
+                }
+            }
+            Err(error) => {
+                let next = orders.store().release_failed(due.order_id).await;
+                record_failure(
+                    &tracing::Span::current(),
+                    error.error_type(),
+                    &format!("stock release failed ({error}); attempts so far: {}", next.unwrap_or(due.attempts + 1)),
+                );
+            }
+        }
+    }
+    .instrument(span)
+    .await;
 }

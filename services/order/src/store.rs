@@ -28,6 +28,22 @@ pub enum Decision {
     Failed { code: ErrorCode, reason: String },
 }
 
+/// How long after an order fails the repair loop first looks at its stock:
+/// the checkout releases at once, and the loop is for when that failed.
+pub const FIRST_REPAIR_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest pause between two repair attempts of one release.
+pub const MAX_REPAIR_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A failed order whose stock release is due for another attempt.
+#[derive(Clone, Debug)]
+pub struct DueRelease {
+    pub order_id: Uuid,
+    /// The checkout's context: the repair joins the order's own trace.
+    pub context: StoredContext,
+    /// Attempts the repair loop has made so far.
+    pub attempts: u32,
+}
+
 /// SQL access to the `ordering` schema.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -107,13 +123,15 @@ impl Store {
     /// Records the order's fate and, in the same transaction, its event in
     /// the outbox together with `context` (the trace the event belongs to).
     /// An order already decided is returned as it is, with no second event.
-    /// `stock_committed` says whether inventory already confirmed the sale.
+    /// A failed order also gets the durable intent to release its stock
+    /// (any failed order may hold some: a reserve that timed out may still
+    /// have gone through), which [`Store::releases_due`] hands to the repair
+    /// loop until [`Store::mark_released`] clears it.
     pub async fn decide(
         &self,
         order_id: Uuid,
         decision: &Decision,
         priced: &[PricedItem],
-        stock_committed: bool,
         context: &StoredContext,
     ) -> Result<Order, sqlx::Error> {
         let total: i64 = priced.iter().map(|i| i.unit_price_cents * i64::from(i.quantity)).sum();
@@ -127,7 +145,9 @@ impl Store {
             "ordering.orders",
             sqlx::query_as(
                 "UPDATE ordering.orders SET status = $2, total_cents = $3, failure_code = $4, failure_reason = $5,
-                        stock_committed = $6, updated_at = now()
+                        stock_release_pending = ($2 = 'failed'),
+                        release_next_at = CASE WHEN $2 = 'failed' THEN now() + make_interval(secs => $6) END,
+                        updated_at = now()
                  WHERE order_id = $1 AND status = 'pending' RETURNING customer_id, email",
             )
             .bind(order_id)
@@ -135,7 +155,7 @@ impl Store {
             .bind(total)
             .bind(code)
             .bind(reason)
-            .bind(stock_committed)
+            .bind(FIRST_REPAIR_AFTER.as_secs_f64())
             .fetch_optional(&mut *tx),
         )
         .await?;
@@ -376,6 +396,59 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id, traceparent)| (id, StoredContext { traceparent, tracestate: None })).collect())
+    }
+
+    /// Failed orders whose stock release is due: never confirmed by
+    /// inventory, and past their next attempt. Each comes with the context of
+    /// its checkout and the attempts made so far by the repair loop.
+    pub async fn releases_due(&self) -> Result<Vec<DueRelease>, sqlx::Error> {
+        let rows: Vec<(Uuid, Option<String>, i32)> = sqlx::query_as(
+            "SELECT order_id, traceparent, release_attempts FROM ordering.orders
+             WHERE stock_release_pending AND release_next_at <= now() ORDER BY release_next_at LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(order_id, traceparent, attempts)| DueRelease {
+                order_id,
+                context: StoredContext { traceparent, tracestate: None },
+                attempts: attempts.max(0) as u32,
+            })
+            .collect())
+    }
+
+    /// Records that inventory confirmed the release: the intent is done.
+    pub async fn mark_released(&self, order_id: Uuid) -> Result<(), sqlx::Error> {
+        traced(
+            "UPDATE",
+            "ordering.orders",
+            sqlx::query("UPDATE ordering.orders SET stock_release_pending = false WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Records a failed repair attempt and schedules the next one, backing
+    /// off exponentially up to [`MAX_REPAIR_BACKOFF`]; returns the attempts
+    /// made so far.
+    pub async fn release_failed(&self, order_id: Uuid) -> Result<u32, sqlx::Error> {
+        let attempts: i32 = traced(
+            "UPDATE",
+            "ordering.orders",
+            sqlx::query_scalar(
+                "UPDATE ordering.orders SET release_attempts = release_attempts + 1,
+                        release_next_at = now() + make_interval(secs => least($2, power(2, release_attempts)))
+                 WHERE order_id = $1 RETURNING release_attempts",
+            )
+            .bind(order_id)
+            .bind(MAX_REPAIR_BACKOFF.as_secs_f64())
+            .fetch_one(&self.pool),
+        )
+        .await?;
+        Ok(attempts.max(0) as u32)
     }
 
     /// Records that inventory confirmed the sale.

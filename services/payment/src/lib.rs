@@ -20,24 +20,35 @@ pub mod settle;
 
 pub use config::Config;
 
-use tracehop_messaging::{Responder, run_consumer, topology};
+use tracehop_messaging::{Responder, Withhold, run_consumer, topology};
 use tracehop_proto::subjects;
+use tracehop_scenarios::Scenario;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
 pub const SERVICE: &str = "payment";
 
-/// Serves charges until shutdown, then drains.
+/// Serves charges until shutdown, then drains. While the scenario
+/// `payment-down` is on, charge requests are received and never answered:
+/// the process lives, the replies never come.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let pool = tracehop_db::connect(&config.base.database_url, config.max_connections).await?;
+    let js = async_nats::jetstream::new(runtime.nats.clone());
+    let switches = tracehop_scenarios::watch(&js, runtime.shutdown.clone()).await?;
+    let withhold: Withhold = std::sync::Arc::new(move |span: &tracing::Span| {
+        let down = switches.get(Scenario::PaymentDown).on;
+        if down {
+            switches.annotate(span, &[Scenario::PaymentDown]);
+        }
+        down
+    });
     let processor = charge::Processor::new(pool.clone(), config.latency);
     let settlement = settle::Settlement::new(pool.clone());
-    let js = async_nats::jetstream::new(runtime.nats.clone());
     let responder = Responder::new(runtime.nats, SERVICE, runtime.shutdown.clone());
     tokio::try_join!(
         async {
             responder
-                .serve(subjects::PAYMENT_CHARGE, processor, charge::Processor::charge)
+                .serve_withholding(subjects::PAYMENT_CHARGE, processor, charge::Processor::charge, withhold)
                 .await
                 .map_err(anyhow::Error::from)
         },

@@ -3,6 +3,9 @@
 //! CLIENT span named after its operation and table
 //! (`db.system.name=postgresql`), marked failed when the statement fails.
 //!
+//! [`retry_transient`] runs a transaction again when PostgreSQL aborted it
+//! only because of concurrent work (a deadlock or a serialization failure).
+//!
 //! Each service owns one schema (`inventory`, `ordering`, `payment`,
 //! `loyalty`, `notification`, `analytics`) and reads no other.
 
@@ -88,6 +91,51 @@ where
         record_failure(&span, &error_type, &format!("{operation} {table} failed ({})", sqlx_error_kind(error)));
     }
     result
+}
+
+/// How many times in all [`retry_transient`] runs a transaction.
+pub const TRANSIENT_ATTEMPTS: u32 = 4;
+
+/// Whether PostgreSQL aborted the statement only because of concurrent work:
+/// a deadlock (`40P01`) or a serialization failure (`40001`). Running the
+/// whole transaction again is correct, and likely to succeed.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db_error) if matches!(db_error.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Runs `transaction` (which begins, runs and commits one transaction) and,
+/// when PostgreSQL aborted it for a deadlock or a serialization failure,
+/// runs it again after a short random pause, at most [`TRANSIENT_ATTEMPTS`]
+/// times in all. Each retry is an event on the current span; the last
+/// failure is returned as it is.
+///
+/// Deadlocks are prevented at their cause (every transaction locks rows in
+/// one global order); this is the bound on what remains, such as a lock
+/// order that PostgreSQL's own foreign-key or index checks impose.
+pub async fn retry_transient<T, F, Fut>(mut transaction: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(error) if is_transient(&error) && attempt < TRANSIENT_ATTEMPTS => {
+                // Random, so that the transactions that collided do not
+                // collide again in lockstep.
+                let pause = Duration::from_millis(fastrand::u64(5..=20) * u64::from(attempt));
+                tracing::info!(
+                    db.response.status_code = %describe_error(&error),
+                    tracehop.db.attempt = attempt,
+                    pause_ms = pause.as_millis() as u64,
+                    "transaction aborted by concurrent work; running it again"
+                );
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn sqlx_error_kind(error: &sqlx::Error) -> &'static str {

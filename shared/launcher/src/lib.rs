@@ -25,11 +25,11 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-/// Every service (the seven of checkout and the sentinel), in the order they
-/// start: responders before their callers, the gateway last so that it is
-/// healthy only when the rest is up.
-pub const SERVICES: [&str; 8] =
-    ["inventory", "payment", "order", "loyalty", "notification", "analytics", "sentinel", "gateway"];
+/// Every service (the seven of checkout, the sentinel and the keeper), in
+/// the order they start: responders before their callers, the gateway last
+/// so that it is healthy only when the rest is up.
+pub const SERVICES: [&str; 9] =
+    ["inventory", "payment", "order", "loyalty", "notification", "analytics", "sentinel", "keeper", "gateway"];
 
 /// The executable of a service.
 pub fn binary_name(service: &str) -> String {
@@ -187,13 +187,20 @@ pub fn is_service_process(pid: u32, service: &str) -> bool {
 /// Creates the database and applies migrations, then creates the span feed,
 /// the ORDERS stream and every expected durable consumer, so that events
 /// wait for a consumer that has not started yet.
-pub async fn prepare(nats: &async_nats::Client, database_url: &str) -> anyhow::Result<()> {
+pub async fn prepare(
+    nats: &async_nats::Client,
+    database_url: &str,
+    limits: &tracehop_spanfeed::kept::Limits,
+) -> anyhow::Result<()> {
     tracehop_db::migrate(database_url)
         .await
         .with_context(|| format!("failed to migrate the database at {}", redact_url(database_url)))?;
     let js = async_nats::jetstream::new(nats.clone());
-    tracehop_spanfeed::ensure_stream(&js).await.context("failed to create the span feed stream")?;
+    tracehop_spanfeed::ensure_streams(&js, limits)
+        .await
+        .context("failed to create the span feed and kept-traces streams")?;
     tracehop_messaging::topology::ensure_all(&js).await.context("failed to create streams and consumers")?;
+    tracehop_scenarios::ensure_bucket(&js).await.context("failed to create the scenario switches")?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub fn subjects_of(service: &str) -> Vec<String> {
         "payment" => &[subjects::PAYMENT_CHARGE],
         "analytics" => &[subjects::ANALYTICS_SUMMARY],
         "sentinel" => &[subjects::SENTINEL_STATUS],
+        "keeper" => &[subjects::KEEPER_STATS],
         _ => &[],
     };
     let mut all: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
@@ -45,7 +46,7 @@ pub async fn probe(nats: &async_nats::Client, service: &str, gateway_addr: &str)
     match service {
         "loyalty" | "notification" | "analytics" | "payment" => consumer_pulling(nats, service).await,
         "gateway" => gateway_healthy(gateway_addr).await,
-        "order" | "inventory" | "sentinel" => true,
+        "order" | "inventory" | "sentinel" | "keeper" => true,
         _ => false,
     }
 }

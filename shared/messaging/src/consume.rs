@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use opentelemetry::trace::TraceContextExt as _;
 use prost::Name;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracehop_telemetry::record_failure;
 use tracing::Instrument as _;
@@ -34,6 +36,13 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// Deliveries before the consumer gives up on a message and dead-letters it.
     pub max_deliver: i64,
+    /// Messages one process handles at once. 1 keeps stream order, and
+    /// pulls in the client's default batches (200): the handler is a quick
+    /// local transaction, and the batch saves pull round trips. More lets
+    /// one slow message (a mail server that stalls) hold up only its own
+    /// slot; the pull batch is then this many, so that no message waits in
+    /// the client, its ack wait running, for a slot to free.
+    pub max_in_flight: usize,
 }
 
 impl ConsumerSpec {
@@ -43,7 +52,14 @@ impl ConsumerSpec {
     /// not through the server's `backoff` list: nats-server 2.9 applies that
     /// list to explicit naks too, overriding their delay.
     pub fn new(stream: &'static str, durable: &'static str, filter_subjects: Vec<String>) -> Self {
-        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5 }
+        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5, max_in_flight: 1 }
+    }
+
+    /// The same consumer, handling up to `max_in_flight` messages at once
+    /// (at least one).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self
     }
 
     /// The server-side configuration. No `inactive_threshold`: the server
@@ -116,9 +132,10 @@ pub enum ProcessError {
 /// Largest event payload a consumer decodes; a bigger one is dead-lettered.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
-/// Processes the deliveries of `spec`'s durable consumer with `handler`, one
-/// at a time in stream order, until `shutdown` fires; the message in hand is
-/// finished first. Returns an error only when the consumer does not exist.
+/// Processes the deliveries of `spec`'s durable consumer with `handler`, up
+/// to `spec.max_in_flight` at a time (one: in stream order), until
+/// `shutdown` fires; the messages in hand are finished first. Returns an
+/// error only when the consumer does not exist.
 pub async fn run_consumer<E, H, Fut>(
     js: jetstream::Context,
     spec: ConsumerSpec,
@@ -130,8 +147,38 @@ where
     H: Fn(Delivery<E>) -> Fut,
     Fut: Future<Output = Result<(), ProcessError>>,
 {
+    run_consumer_pausable(js, spec, handler, None, shutdown).await
+}
+
+/// Like [`run_consumer`], but while `paused` holds true the consumer stops
+/// pulling (it finishes the messages in hand, then holds no pull request),
+/// as a consumer that is alive but stuck: its events wait in the stream,
+/// and the sentinel sees it make no progress. The live scenario
+/// `analytics-down` is one.
+pub async fn run_consumer_pausable<E, H, Fut>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    mut paused: Option<watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+) -> Result<(), TopologyError>
+where
+    E: prost::Message + Name + Default,
+    H: Fn(Delivery<E>) -> Fut,
+    Fut: Future<Output = Result<(), ProcessError>>,
+{
     spec.ensure(&js).await?;
     while !shutdown.is_cancelled() {
+        if let Some(receiver) = paused.as_mut()
+            && *receiver.borrow_and_update()
+        {
+            tracing::info!(consumer = spec.durable, "consumption paused");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = receiver.changed() => if changed.is_err() { paused = None },
+            }
+            continue;
+        }
         let consumer: consumer::PullConsumer = match js.get_stream(spec.stream).await {
             Ok(stream) => match stream.get_consumer(spec.durable).await {
                 Ok(consumer) => consumer,
@@ -147,7 +194,11 @@ where
                 continue;
             }
         };
-        let mut messages = match consumer.messages().await {
+        let pull = match spec.max_in_flight {
+            0 | 1 => consumer.messages().await,
+            parallel => consumer.stream().max_messages_per_batch(parallel).messages().await,
+        };
+        let mut messages = match pull {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(consumer = spec.durable, %error, "failed to pull, retrying");
@@ -155,23 +206,43 @@ where
                 continue;
             }
         };
+        let mut in_flight = FuturesUnordered::new();
         loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => process(&js, &spec, message, &handler).await,
-                Some(Err(error)) => {
-                    // Missed heartbeats (a NATS restart), a deleted consumer:
-                    // start over with a fresh pull stream rather than trust
-                    // this one to recover by itself.
-                    tracing::info!(consumer = spec.durable, %error, "pull stream failed, pulling again");
-                    break;
+            // Some(paused now), or None once the switch is gone for good.
+            let pause_signal = async {
+                match paused.as_mut() {
+                    Some(receiver) => match receiver.changed().await {
+                        Ok(()) => Some(*receiver.borrow()),
+                        Err(_) => None,
+                    },
+                    None => std::future::pending().await,
                 }
-                None => break,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                signal = pause_signal => match signal {
+                    Some(true) => break,
+                    Some(false) => {}
+                    None => paused = None,
+                },
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                next = messages.next(), if in_flight.len() < spec.max_in_flight.max(1) => match next {
+                    Some(Ok(message)) => in_flight.push(process(&js, &spec, message, &handler)),
+                    Some(Err(error)) => {
+                        // Missed heartbeats (a NATS restart), a deleted
+                        // consumer: start over with a fresh pull stream
+                        // rather than trust this one to recover by itself.
+                        tracing::info!(consumer = spec.durable, %error, "pull stream failed, pulling again");
+                        break;
+                    }
+                    None => break,
+                },
             }
         }
+        // The old pull stream goes first, so that it stops asking for
+        // messages; then the messages in hand are finished.
+        drop(messages);
+        while in_flight.next().await.is_some() {}
     }
     Ok(())
 }

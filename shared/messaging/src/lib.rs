@@ -27,11 +27,13 @@ pub mod serve;
 pub mod spans;
 pub mod topology;
 
-pub use consume::{ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, store_dead_letter};
+pub use consume::{
+    ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, run_consumer_pausable, store_dead_letter,
+};
 pub use publish::{PublishError, publish_event};
-pub use replay::{Outcome, Projection, ProjectionError, ResetError, run_projection};
+pub use replay::{Outcome, Projection, ProjectionError, ResetError, run_projection, run_projection_pausable};
 pub use request::{RequestError, probe, request, request_reply};
-pub use serve::{Responder, serve};
+pub use serve::{Responder, Withhold, serve};
 
 pub use async_nats;
 

@@ -125,16 +125,31 @@ pub async fn run_projection<P: Projection>(
     projection: P,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectionError> {
+    run_projection_pausable(responder, js, spec, projection, None, shutdown).await
+}
+
+/// Like [`run_projection`], with live consumption paused while `paused`
+/// holds true (see [`crate::consume::run_consumer_pausable`]); replays are
+/// still answered.
+pub async fn run_projection_pausable<P: Projection>(
+    responder: &Responder,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    projection: P,
+    paused: Option<tokio::sync::watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectionError> {
     let live = projection.clone();
     tokio::try_join!(
         async {
-            crate::consume::run_consumer(
+            crate::consume::run_consumer_pausable(
                 js.clone(),
                 spec.clone(),
                 |delivery| {
                     let applied = live.apply(delivery);
                     async move { applied.await.map(drop) }
                 },
+                paused,
                 shutdown.clone(),
             )
             .await

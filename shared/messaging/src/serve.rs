@@ -21,6 +21,12 @@ use crate::spans;
 /// an error and never decoded.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
+/// Decides, per request and before its handler runs, whether the request is
+/// withheld: received and never answered, as by a service that hangs. It
+/// may annotate the request's SERVER span with why. The live scenario
+/// `payment-down` is one: the caller sees a real missing reply.
+pub type Withhold = std::sync::Arc<dyn Fn(&tracing::Span) -> bool + Send + Sync>;
+
 /// A service's responders: one NATS connection, one queue group, one
 /// shutdown signal, any number of subjects.
 #[derive(Clone)]
@@ -60,6 +66,33 @@ impl Responder {
         )
         .await
     }
+
+    /// Like [`Responder::serve`], but a request for which `withhold` says
+    /// so is received and never answered.
+    pub async fn serve_withholding<S, Req, Rep, H, Fut>(
+        &self,
+        subject: &str,
+        state: S,
+        handler: H,
+        withhold: Withhold,
+    ) -> Result<(), async_nats::SubscribeError>
+    where
+        S: Clone + Send + Sync + 'static,
+        Req: prost::Message + Name + Default + 'static,
+        Rep: Reply,
+        H: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Rep, WireError>> + Send + 'static,
+    {
+        serve_inner(
+            self.client.clone(),
+            subject,
+            &self.queue_group,
+            move |request| handler(state.clone(), request),
+            Some(withhold),
+            self.shutdown.clone(),
+        )
+        .await
+    }
 }
 
 /// Answers requests on `subject` (in `queue_group`, so that instances share the
@@ -83,6 +116,23 @@ where
     H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rep, WireError>> + Send + 'static,
 {
+    serve_inner(client, subject, queue_group, handler, None, shutdown).await
+}
+
+async fn serve_inner<Req, Rep, H, Fut>(
+    client: Client,
+    subject: &str,
+    queue_group: &str,
+    handler: H,
+    withhold: Option<Withhold>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError>
+where
+    Req: prost::Message + Name + Default + 'static,
+    Rep: Reply,
+    H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Rep, WireError>> + Send + 'static,
+{
     let mut subscriber = client.queue_subscribe(subject.to_string(), queue_group.to_string()).await?;
     let tasks = TaskTracker::new();
     let mut draining = false;
@@ -98,7 +148,7 @@ where
             message = subscriber.next() => message,
         };
         let Some(message) = message else { break };
-        tasks.spawn(answer(client.clone(), message, handler.clone()));
+        tasks.spawn(answer(client.clone(), message, handler.clone(), withhold.clone()));
     }
     tasks.close();
     tasks.wait().await;
@@ -106,7 +156,7 @@ where
     Ok(())
 }
 
-async fn answer<Req, Rep, H, Fut>(client: Client, message: Message, handler: H)
+async fn answer<Req, Rep, H, Fut>(client: Client, message: Message, handler: H, withhold: Option<Withhold>)
 where
     Req: prost::Message + Name + Default,
     Rep: Reply,
@@ -135,6 +185,11 @@ where
         messaging.nats.message.payload_type = %Req::full_name(),
     );
     let _ = span.set_parent(headers::extract(message.headers.as_ref()));
+    if withhold.is_some_and(|withhold| withhold(&span)) {
+        // A hung service: the request was received, and no reply will come.
+        span.set_attribute("tracehop.reply.withheld", true);
+        return;
+    }
 
     let reply = async {
         let request = if message.payload.len() > MAX_REQUEST_BYTES {

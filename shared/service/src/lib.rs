@@ -33,6 +33,11 @@ pub struct BaseConfig {
     pub log_filter: String,
     /// `TRACEHOP_SPAN_FEED` (default on): publish spans to the span feed.
     pub span_feed: bool,
+    /// `TRACEHOP_TAIL_SAMPLING` (default on): the keeper decides, per whole
+    /// trace, what reaches `OTEL_EXPORTER_OTLP_ENDPOINT`, and services export
+    /// nothing there themselves (so no span arrives twice). Off: each service
+    /// exports its own spans there, sampled at the head by `OTEL_TRACES_SAMPLER`.
+    pub tail_sampling: bool,
 }
 
 impl BaseConfig {
@@ -44,6 +49,7 @@ impl BaseConfig {
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.trim().is_empty()),
             log_filter: env_or("RUST_LOG", "info".to_string())?,
             span_feed: env_or("TRACEHOP_SPAN_FEED", true)?,
+            tail_sampling: env_or("TRACEHOP_TAIL_SAMPLING", true)?,
         })
     }
 }
@@ -94,7 +100,9 @@ where
         ensure_span_feed_stream(&js).await;
     }
     let mut telemetry_config = TelemetryConfig::new(name, version);
-    telemetry_config.otlp_endpoint = base.otlp_endpoint.clone();
+    // With tail sampling the keeper exports what it keeps; a service that
+    // exported too would send those spans twice.
+    telemetry_config.otlp_endpoint = if base.tail_sampling { None } else { base.otlp_endpoint.clone() };
     telemetry_config.log_filter = base.log_filter.clone();
     let telemetry = tracehop_telemetry::init(&telemetry_config, base.span_feed.then_some(js))?;
 

@@ -33,20 +33,47 @@ pub fn normalize_trace_id(trace_id: &str) -> Result<String, ReadError> {
     if valid { Ok(trace_id.to_ascii_lowercase()) } else { Err(ReadError::BadTraceId(trace_id.to_string())) }
 }
 
-/// Every span of `trace_id` on the feed now, sorted by start time.
+/// Every span of `trace_id` on the feed now, sorted by start time. A
+/// message that does not decode is skipped: one bad publisher must not hide
+/// the rest of the trace.
 pub async fn fetch_trace(js: &jetstream::Context, trace_id: &str) -> Result<Vec<SpanRecord>, ReadError> {
+    let mut spans: Vec<SpanRecord> = fetch_trace_raw(js, trace_id)
+        .await?
+        .iter()
+        .filter_map(|(_, payload)| decode_spans(payload).ok())
+        .flatten()
+        .collect();
+    spans.sort_by_key(|span| (span.start_unix_nano, span.end_unix_nano));
+    Ok(spans)
+}
+
+/// Every feed message of `trace_id` now, as published (OTLP
+/// `ExportTraceServiceRequest`s), with its stream sequence, in stream order.
+pub async fn fetch_trace_raw(js: &jetstream::Context, trace_id: &str) -> Result<Vec<(u64, bytes::Bytes)>, ReadError> {
     let trace_id = normalize_trace_id(trace_id)?;
-    let stream = js.get_stream(STREAM).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    fetch_raw(js, STREAM, &trace_filter(&trace_id), &trace_id).await
+}
+
+/// Every message of stream `stream_name` on `filter` now, with its
+/// sequence, in stream order; `trace_id` names what is read, in errors.
+pub(crate) async fn fetch_raw(
+    js: &jetstream::Context,
+    stream_name: &str,
+    filter: &str,
+    trace_id: &str,
+) -> Result<Vec<(u64, bytes::Bytes)>, ReadError> {
+    let trace_id = trace_id.to_string();
+    let stream = js.get_stream(stream_name).await.map_err(|e| ReadError::Stream(e.to_string()))?;
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: trace_filter(&trace_id),
+            filter_subject: filter.to_string(),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })
         .await
         .map_err(consume_error)?;
     let mut pending = consumer.info().await.map_err(consume_error)?.num_pending;
-    let mut spans = Vec::new();
+    let mut payloads = Vec::new();
     if pending > 0 {
         let mut messages = consumer.messages().await.map_err(consume_error)?;
         while pending > 0 {
@@ -55,16 +82,12 @@ pub async fn fetch_trace(js: &jetstream::Context, trace_id: &str) -> Result<Vec<
                 .map_err(|_| ReadError::Stalled(trace_id.clone()))?
                 .ok_or_else(|| ReadError::Stalled(trace_id.clone()))?
                 .map_err(consume_error)?;
-            pending = message.info().map_err(consume_error)?.pending;
-            // A message that does not decode is skipped: one bad publisher must
-            // not hide the rest of the trace.
-            if let Ok(decoded) = decode_spans(&message.payload) {
-                spans.extend(decoded);
-            }
+            let info = message.info().map_err(consume_error)?;
+            pending = info.pending;
+            payloads.push((info.stream_sequence, message.payload.clone()));
         }
     }
-    spans.sort_by_key(|span| (span.start_unix_nano, span.end_unix_nano));
-    Ok(spans)
+    Ok(payloads)
 }
 
 /// Reads `trace_id` until `done` holds for its spans, or `deadline` passes;
@@ -111,7 +134,7 @@ pub async fn watch(
 ) -> Result<impl Stream<Item = Result<SpanRecord, ReadError>> + use<>, ReadError> {
     let stream = js.get_stream(STREAM).await.map_err(|e| ReadError::Stream(e.to_string()))?;
     let filter_subject = match service {
-        Some(service) => format!("{SUBJECT_PREFIX}.*.{service}"),
+        Some(service) => format!("{SUBJECT_PREFIX}.*.*.{service}"),
         None => format!("{SUBJECT_PREFIX}.>"),
     };
     let consumer = stream

@@ -9,18 +9,25 @@
 //! - [`PostgresCluster`]: a PostgreSQL server of its own (`initdb` in a
 //!   temporary folder, a free port), for tests that restart or kill it;
 //!   stopped and removed on drop.
+//! - [`OtlpReceiver`]: a real OTLP/HTTP receiver that keeps what it is sent.
+//! - [`SmtpServer`]: a small real SMTP server that records mail and can
+//!   stall or go down, for the tests of mail delivery.
 //!
 //! PostgreSQL is taken from `TRACEHOP_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432`); `nats-server` from the `PATH`.
 
 mod database;
 mod nats;
+mod otlp;
 mod postgres;
+mod smtp;
 mod system;
 
 pub use database::TestDatabase;
 pub use nats::{NatsServer, supports_sync_always};
+pub use otlp::OtlpReceiver;
 pub use postgres::PostgresCluster;
+pub use smtp::{ReceivedMail, SmtpServer, Stall};
 pub use system::TestSystem;
 
 /// A TCP port that was free a moment ago on 127.0.0.1.

@@ -46,7 +46,7 @@ impl TestSystem {
     pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let nats_server = NatsServer::start()?;
         let nats = tracehop_messaging::connect(&nats_server.url(), "tracehop-test").await?;
-        tracehop_launcher::prepare(&nats, &db.url()).await?;
+        tracehop_launcher::prepare(&nats, &db.url(), &tracehop_spanfeed::kept::Limits::default()).await?;
         let run_dir = tempfile::Builder::new().prefix("tracehop-run-").tempdir()?;
         let mail_dir = run_dir.path().join("mail");
         let gateway_addr = format!("127.0.0.1:{}", crate::free_port());
