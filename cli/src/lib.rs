@@ -7,8 +7,14 @@
 //!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`, `demo`).
 //! - [`client`]: the gateway's HTTP API as the command uses it.
 //! - [`render`]: waterfalls, watch lines and JSON for traces.
+//! - [`load`]: the load engine behind `tracehop load` (an open model over
+//!   HTTP), callable as a library.
+//! - [`analysis`]: critical path, self time, culprit and typical durations of
+//!   traces, behind `tracehop slowest` and `explain`.
 
+pub mod analysis;
 pub mod client;
 pub mod commands;
+pub mod load;
 pub mod render;
 pub mod settings;

@@ -107,6 +107,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Checkouts at a constant arrival rate (an open model), then answers, latency and drain.
+    Load {
+        /// Requests per second, started on schedule whether or not earlier ones answered.
+        #[arg(long)]
+        rate: f64,
+        /// How long requests keep starting, e.g. 30s, 2m.
+        #[arg(long, value_parser = commands::load::parse_duration)]
+        duration: std::time::Duration,
+        /// Most requests in flight; a request due beyond it is not sent but counted as limited.
+        #[arg(long, value_name = "C")]
+        concurrency_limit: Option<usize>,
+        /// Share of orders (0 to 1) by premium customers, with several items.
+        #[arg(long, value_name = "P", default_value_t = 0.0)]
+        premium_ratio: f64,
+        /// Share of orders (0 to 1) paid with the declined test card.
+        #[arg(long, value_name = "Q", default_value_t = 0.0)]
+        decline_ratio: f64,
+        /// A request not answered within this counts as a timeout.
+        #[arg(long, value_parser = commands::load::parse_duration, default_value = "30s")]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The slowest checkout traces in the span feed, each with its culprit.
+    Slowest {
+        /// Only checkouts that started within this long, e.g. 15m.
+        #[arg(long, value_parser = commands::load::parse_duration)]
+        since: Option<std::time::Duration>,
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why one trace took its time: critical path, culprit, errors, and typical durations.
+    Explain {
+        trace_id: String,
+        /// Wait up to this many seconds until the trace stops growing.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The live scenarios: list them, switch a fault on or off, apply or remove its fix.
     Scenario {
         #[command(subcommand)]
@@ -195,6 +237,13 @@ async fn main() -> ExitCode {
         Command::Status { json } => commands::status::run(&settings, json).await,
         Command::Kill { service, term, json } => commands::kill::run(&settings, &service, term, json),
         Command::Start { service, json } => commands::start::run(&settings, &service, json).await,
+        Command::Load { rate, duration, concurrency_limit, premium_ratio, decline_ratio, timeout, json } => {
+            let args =
+                commands::load::LoadArgs { rate, duration, concurrency_limit, premium_ratio, decline_ratio, timeout };
+            commands::load::run(&settings, args, json).await
+        }
+        Command::Slowest { since, limit, json } => commands::slowest::run(&settings, since, limit, json).await,
+        Command::Explain { trace_id, wait, json } => commands::explain::run(&settings, &trace_id, wait, json).await,
         Command::Scenario { action } => match action.action() {
             Ok((action, json)) => commands::scenario::run(&settings, action, json).await,
             Err(error) => Err(error),

@@ -2,10 +2,13 @@
 
 pub mod demo;
 pub mod down;
+pub mod explain;
 pub mod kill;
+pub mod load;
 pub mod order;
 pub mod replay;
 pub mod scenario;
+pub mod slowest;
 pub mod start;
 pub mod status;
 pub mod trace;

@@ -11,6 +11,8 @@
 //! - [`reader`]: [`fetch_trace`] (every span of one trace so far),
 //!   [`wait_for_trace`] (until it stops growing) and [`watch`] (spans as they
 //!   arrive).
+//! - [`scan`]: [`scan_feed`], the whole feed (or its recent part) read once,
+//!   grouped by trace, each batch decoded only when asked for.
 //!
 //! Subjects are `spans.<partition>.<trace_id>.<service>`: the partition (the
 //! trace id's first hex digit, [`partition_of`]) lets several keepers split
@@ -23,12 +25,14 @@ pub mod exporter;
 pub mod kept;
 pub mod reader;
 pub mod record;
+pub mod scan;
 
 pub use exporter::{FeedStats, SpanFeedExporter};
 pub use reader::{
     ReadError, fetch_trace, fetch_trace_raw, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch,
 };
 pub use record::{SpanKind, SpanLink, SpanRecord, SpanStatus, decode_spans};
+pub use scan::{Batch, Scan, scan_feed};
 
 use std::time::Duration;
 
