@@ -59,6 +59,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         println!("{}", render::waterfall(&spans, super::trace::terminal_width(), color));
     }
     silent_failure(settings, &js, &http).await?;
+    twelve_second_checkout(settings, &js).await?;
 
     println!("\nThe system is still running. Next:");
     println!("  tracehop order --json                 place another order");
@@ -153,6 +154,67 @@ async fn silent_failure(settings: &Settings, js: &jetstream::Context, http: &req
     super::replay::run(settings, args, false).await?;
     let rebuilt = analytics_summary(http, settings).await?;
     println!("after the rebuild analytics counts {rebuilt} confirmed orders: the same as before it");
+    Ok(())
+}
+
+/// Load at a steady rate for the demo's acts, printing the live line and
+/// the summary.
+async fn demo_load(settings: &Settings, js: &jetstream::Context) -> anyhow::Result<crate::load::LoadReport> {
+    let config = crate::load::LoadConfig {
+        premium_ratio: 0.1,
+        decline_ratio: 0.02,
+        ..crate::load::LoadConfig::new(settings.gateway_url(), DEMO_RATE, DEMO_LOAD)
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    let report = crate::load::run(&config, Some(js), |progress| {
+        bar.set_message(super::load::progress_line(progress));
+        bar.tick();
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    print!("{}", super::load::summary(&report));
+    Ok(report)
+}
+
+/// Checkouts a second in the demo's load runs.
+const DEMO_RATE: f64 = 20.0;
+/// How long each demo load runs.
+const DEMO_LOAD: Duration = Duration::from_secs(30);
+
+/// The story tracehop exists to tell: checkout takes 12 seconds, but only
+/// sometimes. Load runs with `slow-inventory` on; `slowest` finds the rare
+/// slow checkout among the fast ones, `explain` says why; the fix goes on,
+/// and the next run's tail shows it.
+async fn twelve_second_checkout(settings: &Settings, js: &jetstream::Context) -> anyhow::Result<()> {
+    use tracehop_scenarios::{Change, Scenario};
+    let who = "tracehop demo";
+    println!("\n-- \"checkout takes 12 seconds, but only sometimes\" --");
+    println!("slow-inventory on: a restock batch job holds the restock queue's row locks; 5% of reservations file a");
+    println!(
+        "restock request and wait for them in PostgreSQL. {DEMO_RATE} checkouts a second for {}:",
+        humantime::format_duration(DEMO_LOAD)
+    );
+    tracehop_scenarios::apply(js, Scenario::SlowInventory, Change::Unfix, who).await?;
+    tracehop_scenarios::apply(js, Scenario::SlowInventory, Change::On { rate: Some(0.05) }, who).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    demo_load(settings, js).await?;
+
+    println!("\nEvery service looks fine on its own. The traces find it: tracehop slowest --since 1m");
+    super::slowest::run(settings, Some(Duration::from_secs(60)), 3, false).await?;
+    let scan = tracehop_spanfeed::scan_feed(js, Some(Duration::from_secs(60))).await?;
+    if let Some((_, trace_id)) = crate::analysis::checkouts_in(&scan, 0).first() {
+        println!("\ntracehop explain {trace_id}");
+        super::explain::run(settings, trace_id, None, false).await?;
+    }
+
+    println!("\n-- the fix: a lock timeout with a retry budget; the request is deferred, nobody waits --");
+    tracehop_scenarios::apply(js, Scenario::SlowInventory, Change::Fix, who).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    demo_load(settings, js).await?;
+    tracehop_scenarios::apply(js, Scenario::SlowInventory, Change::Off, who).await?;
+    tracehop_scenarios::apply(js, Scenario::SlowInventory, Change::Unfix, who).await?;
+    println!("\nslow-inventory is off again. The other scenarios: tracehop scenario list");
     Ok(())
 }
 
