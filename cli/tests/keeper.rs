@@ -12,7 +12,6 @@ use common::*;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
-use sqlx::Connection as _;
 use tracehop_keeper::policy::sampled_by_ratio;
 use tracehop_keeper::traces::{COMPLETE_ATTRIBUTE, REASON_ATTRIBUTE};
 use tracehop_proto::subjects;
@@ -73,27 +72,8 @@ async fn the_keeper_keeps_errors_slow_traces_and_the_ratio_whole_and_once() {
         declined.push(body["trace_id"].as_str().unwrap().to_string());
     }
     // A slow checkout: a real row lock on its product, held 1.5 s.
-    let mut batch_job = sqlx::PgConnection::connect(&system.db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut batch_job).await.unwrap();
-    sqlx::query("SELECT 1 FROM inventory.products WHERE sku = 'HS-005' FOR UPDATE")
-        .execute(&mut batch_job)
-        .await
-        .unwrap();
-    let slow_order = tokio::spawn({
-        let gateway = system.gateway_url.clone();
-        async move {
-            let response = reqwest::Client::new()
-                .post(format!("{gateway}/v1/orders"))
-                .json(&order_body("slow", &[("HS-005", 1)], CARD_OK))
-                .send()
-                .await
-                .unwrap();
-            response.json::<serde_json::Value>().await.unwrap()
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::query("COMMIT").execute(&mut batch_job).await.unwrap();
-    let slow = slow_order.await.unwrap()["trace_id"].as_str().unwrap().to_string();
+    let slow =
+        slow_checkout(&system, "HS-005", Duration::from_millis(1500)).await["trace_id"].as_str().unwrap().to_string();
 
     // Every trace decided, and the export queue drained.
     let all: Vec<&String> = plain.iter().chain(&declined).chain(std::iter::once(&slow)).collect();
@@ -141,10 +121,19 @@ async fn the_keeper_keeps_errors_slow_traces_and_the_ratio_whole_and_once() {
     for trace_id in &kept {
         assert_eq!(root_reason(trace_id).as_deref(), Some("ratio"));
     }
-    assert_eq!(by_trace.len(), declined.len() + 1 + expected.len(), "nothing else reached the backend");
+    // Nothing else of ours reached the backend (the readiness probes' health
+    // checks are traces too, sampled like any other).
+    let ours: BTreeSet<&String> = all.iter().copied().collect();
+    for (trace_id, spans) in &by_trace {
+        let root = spans.iter().find(|s| s.parent_span_id.is_empty()).unwrap();
+        assert!(
+            ours.contains(trace_id) || root.name != "POST /v1/orders",
+            "an unexpected checkout {trace_id} was kept"
+        );
+    }
     assert_eq!(stats.kept_error, declined.len() as u64);
     assert_eq!(stats.kept_slow, 1);
-    assert_eq!(stats.kept_ratio, expected.len() as u64);
+    assert!(stats.kept_ratio >= expected.len() as u64, "{stats:?}");
     // Ours, plus any other trace of the run (the readiness probes' health checks).
     assert!(stats.dropped >= (plain.len() - expected.len()) as u64, "{stats:?}");
     assert_eq!(stats.spans_exported, span_ids.len() as u64);

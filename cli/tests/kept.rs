@@ -11,7 +11,6 @@ use common::*;
 use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::Value;
-use sqlx::Connection as _;
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{KeeperStatsReply, KeeperStatsRequest};
 use tracehop_testkit::TestSystem;
@@ -55,28 +54,9 @@ async fn kept_traces_outlive_the_feed_and_a_gone_trace_says_so() {
     let (status, body, _) = post_order(&system, order_body("declined", &[("CB-004", 1)], CARD_DECLINED), None).await;
     assert_eq!(status, 402);
     let declined = body["trace_id"].as_str().unwrap().to_string();
-    // A slow checkout: a real row lock on its product for 1.5 s.
-    let mut batch_job = sqlx::PgConnection::connect(&system.db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut batch_job).await.unwrap();
-    sqlx::query("SELECT 1 FROM inventory.products WHERE sku = 'HS-005' FOR UPDATE")
-        .execute(&mut batch_job)
-        .await
-        .unwrap();
-    let slow_order = tokio::spawn({
-        let gateway = system.gateway_url.clone();
-        async move {
-            let response = reqwest::Client::new()
-                .post(format!("{gateway}/v1/orders"))
-                .json(&order_body("slow", &[("HS-005", 1)], CARD_OK))
-                .send()
-                .await
-                .unwrap();
-            response.json::<Value>().await.unwrap()
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::query("COMMIT").execute(&mut batch_job).await.unwrap();
-    let slow = slow_order.await.unwrap()["trace_id"].as_str().unwrap().to_string();
+    // A slow checkout: a real row lock on its product, held 1.5 s.
+    let slow =
+        slow_checkout(&system, "HS-005", Duration::from_millis(1500)).await["trace_id"].as_str().unwrap().to_string();
 
     let started = Instant::now();
     while stored(&system).await < 2 && started.elapsed() < Duration::from_secs(30) {

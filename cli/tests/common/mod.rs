@@ -120,3 +120,29 @@ pub(crate) async fn eventually_value(system: &TestSystem, query: &str, done: imp
 pub(crate) async fn scalar(system: &TestSystem, query: &str) -> i64 {
     sqlx::query_scalar(query).fetch_one(&system.db.pool).await.unwrap()
 }
+
+/// Places an order for `sku` while a real row lock on its product is held
+/// for `hold` (as a long batch job would), so that the checkout is slow in
+/// PostgreSQL, not by a sleep; returns the gateway's answer.
+pub(crate) async fn slow_checkout(system: &TestSystem, sku: &str, hold: Duration) -> Value {
+    use sqlx::Connection as _;
+    let mut batch_job = sqlx::PgConnection::connect(&system.db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut batch_job).await.unwrap();
+    sqlx::query("SELECT 1 FROM inventory.products WHERE sku = $1 FOR UPDATE")
+        .bind(sku)
+        .execute(&mut batch_job)
+        .await
+        .unwrap();
+    let order = tokio::spawn({
+        let gateway = system.gateway_url.clone();
+        let body = order_body("slow", &[(sku, 1)], CARD_OK);
+        async move {
+            let response =
+                reqwest::Client::new().post(format!("{gateway}/v1/orders")).json(&body).send().await.unwrap();
+            response.json::<Value>().await.unwrap()
+        }
+    });
+    tokio::time::sleep(hold).await;
+    sqlx::query("COMMIT").execute(&mut batch_job).await.unwrap();
+    order.await.unwrap()
+}
