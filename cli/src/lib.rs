@@ -4,11 +4,14 @@
 //! - [`settings`]: where NATS, PostgreSQL, the gateway and the state folder
 //!   are (environment variables with developer-machine defaults).
 //! - [`commands`]: one module per subcommand (`up`, `down`, `prepare`,
-//!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`, `demo`).
+//!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`,
+//!   `discard-dead-letters`, `demo`).
 //! - [`client`]: the gateway's HTTP API as the command uses it.
 //! - [`render`]: waterfalls, watch lines and JSON for traces.
+//! - [`term`]: the one ANSI palette and sanitizer of terminal output.
 
 pub mod client;
 pub mod commands;
 pub mod render;
 pub mod settings;
+pub mod term;

@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
-use crate::breaker::{CircuitBreaker, Permit};
+use crate::breaker::CircuitBreaker;
 use crate::config::Config;
 use crate::store::{Decision, KeyClaim, NewOrder, Store};
 
@@ -237,14 +237,14 @@ impl Orders {
             "call payment",
             otel.kind = "internal",
             payment.circuit_breaker.state = self.payment_breaker.state().as_str(),
-            payment.circuit_breaker.trial = permit == Permit::Trial,
+            payment.circuit_breaker.trial = permit.as_ref().is_ok_and(|permit| permit.is_trial()),
             payment.circuit_breaker.state_after = tracing::field::Empty,
         );
-        if permit == Permit::Reject {
+        let Ok(permit) = permit else {
             let reason = "payment is unavailable (circuit breaker open); the card was not charged".to_string();
             record_failure(&span, "circuit_open", &reason);
             return Err((ErrorCode::Unavailable, reason));
-        }
+        };
         let result = messaging::request::<_, ChargeReply>(
             &self.nats,
             subjects::PAYMENT_CHARGE,
@@ -260,7 +260,7 @@ impl Orders {
             }
             Err(_) => true,
         };
-        let state = self.payment_breaker.record(permit, !unavailable);
+        let state = permit.record(!unavailable);
         span.record("payment.circuit_breaker.state_after", state.as_str());
         result.map_err(|error| {
             let failure = match &error {

@@ -25,7 +25,7 @@ use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "payment";
+pub const SERVICE: &str = tracehop_messaging::Service::Payment.name();
 
 /// Serves charges until shutdown, then drains.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {

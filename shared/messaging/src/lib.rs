@@ -12,14 +12,21 @@
 //!   (PRODUCER span) that waits for the stream's ack.
 //! - [`consume`]: [`consume::run_consumer`], a traced durable consumer
 //!   (CONSUMER span per delivery, parented by and linked to the producer).
-//! - [`topology`]: the streams and durable consumers the system expects.
+//! - [`topology`]: the one catalog: every service (its binary, subjects,
+//!   durable consumers, replayability, instances) and the streams.
+//! - [`health`]: [`health::judge`], the one judgement of a consumer's health
+//!   from JetStream's state over time, used by the sentinel and `status`.
+//! - [`dead_letters`]: what a consumer's dead letters are (count, reasons)
+//!   and how they are discarded.
 //! - [`replay`]: [`replay::serve`], a consumer's service replaying the stream
 //!   (or redriving its dead letters) through its own handler, in CONSUMER
 //!   spans marked as replays; [`replay::call`] asks for one.
 //! - [`spans`]: the attribute names used on messaging spans.
 
 pub mod consume;
+pub mod dead_letters;
 pub mod headers;
+pub mod health;
 pub mod publish;
 pub mod replay;
 pub mod request;
@@ -27,11 +34,12 @@ pub mod serve;
 pub mod spans;
 pub mod topology;
 
-pub use consume::{ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, store_dead_letter};
+pub use consume::{BoxError, DeadLetter, Delivery, Failure, ProcessError, run_consumer, store_dead_letter};
 pub use publish::{PublishError, publish_event};
 pub use replay::{Outcome, Projection, ProjectionError, ResetError, run_projection};
 pub use request::{RequestError, probe, request, request_reply};
 pub use serve::{Responder, serve};
+pub use topology::{ConsumerSpec, Service};
 
 pub use async_nats;
 
