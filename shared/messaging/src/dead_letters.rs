@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_nats::jetstream::{self, stream::Stream};
 
 use crate::headers;
-use crate::topology::{DEAD_LETTER_STREAM, dead_letter_subject};
+use crate::topology::{DEAD_LETTER_STREAM, dead_letter_subject, subject_counts};
 
 /// Most dead letters read to tally reasons; beyond, only the count is exact.
 pub const MAX_SCAN: usize = 1000;
@@ -55,7 +55,7 @@ pub fn reason_group(reason: &str) -> String {
 /// How many dead letters of `consumer` wait.
 pub async fn count(js: &jetstream::Context, consumer: &str) -> Result<u64, DeadLetterError> {
     let stream = js.get_stream_no_info(DEAD_LETTER_STREAM).await.map_err(DeadLetterError::Stream)?;
-    Ok(crate::health::subject_counts(&stream, &dead_letter_subject(consumer)).await.values().sum())
+    Ok(subject_counts(&stream, &dead_letter_subject(consumer)).await.values().sum())
 }
 
 /// How many dead letters of `consumer` wait, why, and from which events.

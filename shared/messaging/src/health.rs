@@ -19,16 +19,14 @@
 //! The state is the wire's [`ConsumerState`]; the worst applies (down,
 //! failing, lagging, ok), and the flags say which others hold too.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream::Stream};
-use futures::TryStreamExt as _;
 
 pub use tracehop_proto::v1::ConsumerState;
 
 use crate::dead_letters;
-use crate::topology::ConsumerSpec;
+use crate::topology::{ConsumerSpec, subject_counts};
 
 /// An unprocessed event older than this is late (`SENTINEL_DEADLINE_MS`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -282,12 +280,6 @@ async fn redeliveries(stream: &Stream<()>, filters: &[String], info: &consumer::
     }
     let delivered_once = matching.saturating_sub(info.num_pending);
     info.delivered.consumer_sequence.saturating_sub(delivered_once)
-}
-
-/// Messages per subject in `stream` under `filter`; empty when unknown.
-pub(crate) async fn subject_counts<I>(stream: &Stream<I>, filter: &str) -> HashMap<String, u64> {
-    let Ok(subjects) = stream.info_with_subjects(filter).await else { return HashMap::new() };
-    subjects.map_ok(|(subject, count)| (subject, count as u64)).try_collect().await.unwrap_or_default()
 }
 
 #[cfg(test)]

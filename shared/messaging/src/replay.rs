@@ -427,7 +427,8 @@ impl<P: Projection> Replayer<P> {
         let root = tracing::info_span!(
             parent: None,
             "tracehop.replay",
-            otel.name = %format!("{} {durable}", mode.name()),
+            // A rebuild is a replay with a reset first: `replay <consumer>`.
+            otel.name = %format!("{} {durable}", if mode == Mode::Redrive { "redrive" } else { "replay" }),
             otel.kind = "internal",
             messaging.system = spans::SYSTEM,
             messaging.consumer.group.name = durable,

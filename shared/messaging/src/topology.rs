@@ -12,9 +12,11 @@
 //! then fails to compile until the service is described, and the tests
 //! below fail when it is missing from [`Service::ALL`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use futures::TryStreamExt as _;
 
 use tracehop_proto::subjects;
 
@@ -392,6 +394,12 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
         spec.ensure(js).await?;
     }
     Ok(())
+}
+
+/// Messages per subject in `stream` under `filter`; empty when unknown.
+pub async fn subject_counts<I>(stream: &stream::Stream<I>, filter: &str) -> HashMap<String, u64> {
+    let Ok(subjects) = stream.info_with_subjects(filter).await else { return HashMap::new() };
+    subjects.map_ok(|(subject, count)| (subject, count as u64)).try_collect().await.unwrap_or_default()
 }
 
 /// A stream or consumer could not be created.
