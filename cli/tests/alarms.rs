@@ -108,21 +108,20 @@ async fn a_steady_load_with_nothing_killed_raises_no_alert() {
             (busy_without_pullers, max_backlog)
         })
     };
+    // One client: its connections are reused, as a real client's would be.
+    let client = reqwest::Client::new();
     for i in 0..total {
         ticks.tick().await;
         let gateway = system.gateway_url.clone();
+        let client = client.clone();
         orders.spawn(async move {
             let body = order_body(
                 if i % 2 == 0 { "premium-pat" } else { "premium-sam" },
                 &[("KB-001", 1), ("MS-002", 1), ("CB-004", 2)],
                 CARD_OK,
             );
-            let response = reqwest::Client::new()
-                .post(format!("{gateway}/v1/orders"))
-                .json(&body)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await;
+            let response =
+                client.post(format!("{gateway}/v1/orders")).json(&body).timeout(Duration::from_secs(30)).send().await;
             response.map(|r| r.status().as_u16()).unwrap_or(0)
         });
     }

@@ -77,7 +77,8 @@ pub struct ConsumerStatus {
     /// `ok`, `lagging` (moving, but its oldest event is past the deadline),
     /// `down` (nobody pulling and nothing moving), `failing` (dead letters
     /// wait) or `missing` (the durable does not exist: the system was never
-    /// set up), as [`tracehop_messaging::health::judge`] says.
+    /// set up), as [`tracehop_messaging::health::judge`] says; `unknown` when
+    /// it could not be read (the reason says why).
     pub state: String,
     /// Why it is in that state; empty when it is ok.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -186,7 +187,8 @@ pub fn services(launcher: &Launcher) -> Vec<ServiceStatus> {
 /// function as the sentinel's: what the sentinel would say, minus
 /// dead-letter reasons. A consumer that nobody pulls is read again after
 /// the down-after period, since down means no progress over that time; a
-/// consumer that cannot be read is `missing`.
+/// durable that does not exist is `missing`, one that cannot be read
+/// `unknown`.
 pub async fn consumers_from_jetstream(js: &jetstream::Context) -> Vec<ConsumerStatus> {
     let thresholds = Thresholds::default();
     let specs = topology::expected_consumers();
@@ -224,7 +226,8 @@ pub async fn consumers_from_jetstream(js: &jetstream::Context) -> Vec<ConsumerSt
                     status.fill(reading);
                     health::judge(reading, history, &thresholds, now)
                 }
-                Err(_) => health::Health::missing(),
+                Err(error) if error.is_missing() => health::Health::missing(),
+                Err(error) => health::Health::unknown(tracehop_telemetry::error_chain(error)),
             };
             status.state = health::state_name(judged.state as i32).to_string();
             status.reason = judged.reason;

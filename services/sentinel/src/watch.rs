@@ -103,7 +103,23 @@ impl Watcher {
                 match self.check(watch).await {
                     Ok(health) => consumers.push(health),
                     Err(error) => {
-                        tracing::warn!(consumer = watch.spec.durable, error = %error, "failed to check a consumer");
+                        tracing::warn!(consumer = watch.spec.durable, error = %format!("{error:#}"), "failed to check a consumer");
+                        // Still listed, so that status shows every expected
+                        // consumer: missing when the durable does not exist.
+                        let missing =
+                            error.downcast_ref::<health::ReadError>().is_some_and(health::ReadError::is_missing);
+                        let judged = if missing {
+                            health::Health::missing()
+                        } else {
+                            health::Health::unknown(format!("cannot be read: {error:#}"))
+                        };
+                        consumers.push(ConsumerHealth {
+                            stream: watch.spec.stream.to_string(),
+                            consumer: watch.spec.durable.to_string(),
+                            health: judged.state as i32,
+                            reason: judged.reason,
+                            ..Default::default()
+                        });
                     }
                 }
             }

@@ -114,6 +114,11 @@ impl Health {
             reason: "the durable consumer does not exist".to_string(),
         }
     }
+
+    /// The health of a consumer that could not be read, and why.
+    pub fn unknown(reason: String) -> Self {
+        Self { state: ConsumerState::Unspecified, down: false, lagging: false, failing: false, reason }
+    }
 }
 
 /// `ok`, `lagging`, `down`, `failing`, `missing` (`unknown` for a value
