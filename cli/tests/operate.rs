@@ -369,8 +369,10 @@ fn status_shows_the_sentinels_alerts_and_deadline() {
         message: "nobody pulls\x1b[2J from analytics".into(),
         ..Alert::default()
     }));
+    status.consumers[1].reason = "nobody is pulling\x1b[2J and nothing moved for 2.0 s".into();
     let text = render_text(&status, false, now);
     assert!(text.contains("consumers (from the sentinel; late after 30.0s)\n"), "{text}");
+    assert!(text.contains("\n  analytics: nobody is pulling[2J and nothing moved for 2.0 s\n"), "{text}");
     let alerts = text.split_once("alerts (1)\n").unwrap_or_else(|| panic!("no alerts section in:\n{text}")).1;
     assert_eq!(
         alerts,

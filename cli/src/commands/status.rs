@@ -366,6 +366,11 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
         ("dead letters", Right),
     ];
     table(&mut out, &columns, &rows, color);
+    // Why each consumer that is not ok is in its state.
+    for c in status.consumers.iter().filter(|c| !c.reason.is_empty()) {
+        let line = format!("  {}: {}", clean(&c.consumer), clean(&c.reason));
+        push_line(&mut out, &line, color.then_some(DIM));
+    }
 
     out.push('\n');
     if !status.sentinel {
