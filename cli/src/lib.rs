@@ -4,13 +4,15 @@
 //! - [`settings`]: where NATS, PostgreSQL, the gateway and the state folder
 //!   are (environment variables with developer-machine defaults).
 //! - [`commands`]: one module per subcommand (`up`, `down`, `prepare`,
-//!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`, `demo`).
+//!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`,
+//!   `discard-dead-letters`, `demo`).
 //! - [`client`]: the gateway's HTTP API as the command uses it.
 //! - [`render`]: waterfalls, watch lines and JSON for traces.
 //! - [`load`]: the load engine behind `tracehop load` (an open model over
 //!   HTTP), callable as a library.
 //! - [`analysis`]: critical path, self time, culprit and typical durations of
 //!   traces, behind `tracehop slowest` and `explain`.
+//! - [`term`]: the one ANSI palette and sanitizer of terminal output.
 
 pub mod analysis;
 pub mod client;
@@ -18,3 +20,4 @@ pub mod commands;
 pub mod load;
 pub mod render;
 pub mod settings;
+pub mod term;

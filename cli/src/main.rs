@@ -85,6 +85,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drop a consumer's dead letters on purpose (they will not be processed), saying what is dropped.
+    DiscardDeadLetters {
+        /// The consumer whose dead letters go: loyalty, notification, analytics or payment.
+        #[arg(long)]
+        consumer: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every service (up or down), every expected consumer and the open alerts.
     Status {
         #[arg(long)]
@@ -221,7 +229,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Up { detach } => commands::up::run(&settings, detach).await,
-        Command::Down => commands::down::run(&settings),
+        Command::Down => commands::down::run(&settings).await,
         Command::Prepare => commands::up::prepare_only(&settings).await,
         Command::Order { items, customer, card, email, traceparent, json } => {
             let input = tracehop::client::OrderInput { customer, items, card, email, traceparent };
@@ -234,8 +242,9 @@ async fn main() -> ExitCode {
             let args = commands::replay::ReplayArgs { consumer, from_seq, since, rebuild, dead_letters };
             commands::replay::run(&settings, args, json).await
         }
+        Command::DiscardDeadLetters { consumer, json } => commands::discard::run(&settings, &consumer, json).await,
         Command::Status { json } => commands::status::run(&settings, json).await,
-        Command::Kill { service, term, json } => commands::kill::run(&settings, &service, term, json),
+        Command::Kill { service, term, json } => commands::kill::run(&settings, &service, term, json).await,
         Command::Start { service, json } => commands::start::run(&settings, &service, json).await,
         Command::Load { rate, duration, concurrency_limit, premium_ratio, decline_ratio, timeout, json } => {
             let args =

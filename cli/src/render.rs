@@ -36,11 +36,7 @@ const LINK: &str = "↪";
 const DETACHED: &str = "⋯";
 const BAR: char = '█';
 
-const RED: &str = "\x1b[31m";
-const YELLOW: &str = "\x1b[33m";
-const BOLD: &str = "\x1b[1m";
-const DIM: &str = "\x1b[2m";
-const RESET: &str = "\x1b[0m";
+use crate::term::{BOLD, DIM, RED, RESET, YELLOW, sanitize};
 
 /// Renders one trace as a waterfall for a terminal `width` columns wide (0
 /// means 120); `color` adds ANSI colours (failures in red).
@@ -520,11 +516,6 @@ fn time_of_day(unix_nanos: u64) -> String {
 /// trace apart, short enough for a column.
 fn short_id(id: &str) -> String {
     sanitize(&id.chars().take(8).collect::<String>())
-}
-
-/// `text` with control characters (ANSI escapes, newlines) replaced by spaces.
-fn sanitize(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn plural(n: usize, noun: &str) -> String {

@@ -32,6 +32,8 @@ pub fn limits_from_env() -> anyhow::Result<Limits> {
     })
 }
 
+use tracehop_launcher::Launcher;
+
 /// The command's settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -78,6 +80,16 @@ impl Settings {
     /// Pid files and logs.
     pub fn run_dir(&self) -> PathBuf {
         self.home.join("run")
+    }
+
+    /// The launcher for a system run from these settings: where the
+    /// executables are, and the environment every service gets.
+    pub fn launcher(&self) -> anyhow::Result<Launcher> {
+        Ok(Launcher::new(tracehop_launcher::default_bin_dir()?, self.run_dir())
+            .with_env("NATS_URL", &self.nats_url)
+            .with_env("DATABASE_URL", &self.database_url)
+            .with_env("GATEWAY_ADDR", &self.gateway_addr)
+            .with_env("NOTIFICATION_MAIL_DIR", self.mail_dir().to_string_lossy()))
     }
 
     /// Where notification writes `.eml` files when no SMTP server is set.

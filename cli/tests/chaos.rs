@@ -161,7 +161,7 @@ async fn chaos_loses_nothing_and_doubles_nothing() {
             }
             tokio::time::sleep(step).await;
             events.push(format!("{:>6.1}s restart NATS", started.elapsed().as_secs_f64()));
-            system.nats_server.restart().unwrap();
+            system.nats_server.restart().await.unwrap();
             tokio::time::sleep(step * 2).await;
             events.push(format!("{:>6.1}s kill -9 PostgreSQL, then start it", started.elapsed().as_secs_f64()));
             let mut postgres = cluster.take().expect("the cluster");

@@ -19,7 +19,7 @@ async fn load_counts_agree_with_the_database_and_drain_means_processed() {
     let mut system = TestSystem::start().await.unwrap();
     // Analytics is down while the load runs and for a while after it, so the
     // drain has something to wait for.
-    system.stop_service("analytics").unwrap();
+    system.stop_service("analytics").await.unwrap();
     let gateway = system.gateway_url.trim_start_matches("http://").to_string();
     let started = Instant::now();
     let load = Command::new(env!("CARGO_BIN_EXE_tracehop"))

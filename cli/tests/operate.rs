@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracehop::commands::status::{AlertStatus, ConsumerStatus, ServiceStatus, Status, age, render_json, render_text};
 use tracehop_launcher::{SERVICES, is_service_process};
 use tracehop_messaging::topology;
-use tracehop_proto::v1::{Alert, AlertKind, ConsumerHealth};
+use tracehop_proto::v1::{Alert, AlertKind, ConsumerHealth, ConsumerState};
 use tracehop_testkit::{NatsServer, TestDatabase, free_port};
 
 /// The `tracehop` binary with the test system's environment.
@@ -140,7 +140,7 @@ fn pid_in(text: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_kill_and_start_operate_single_services() {
-    let nats = NatsServer::start().unwrap();
+    let nats = NatsServer::start().await.unwrap();
     let db = TestDatabase::create().await.unwrap();
     let home = Home::new();
     let cli = Cli {
@@ -238,9 +238,11 @@ async fn status_kill_and_start_operate_single_services() {
     );
     assert!(analytics["oldest_unprocessed_age_ms"].as_i64().unwrap() > 0, "{status:#}");
     assert_eq!(consumer(&status, "loyalty")["dead_letters"], 1, "{status:#}");
+    assert_eq!(consumer(&status, "loyalty")["state"], "failing", "a dead letter waits: {status:#}");
     assert_eq!(consumer(&status, "analytics")["dead_letters"], 0, "{status:#}");
     for name in expected.iter().filter(|name| **name != "analytics") {
-        assert!(is_pulling(&status, name), "{name} in {status:#}");
+        let pulling = consumer(&status, name)["active_pullers"].as_u64().unwrap() > 0;
+        assert!(pulling && (is_pulling(&status, name) || *name == "loyalty"), "{name} in {status:#}");
         assert_eq!(consumer(&status, name)["pending"], 0, "{name} in {status:#}");
     }
     let text = cli.ok(&["status"]);
@@ -367,8 +369,10 @@ fn status_shows_the_sentinels_alerts_and_deadline() {
         message: "nobody pulls\x1b[2J from analytics".into(),
         ..Alert::default()
     }));
+    status.consumers[1].reason = "nobody is pulling\x1b[2J and nothing moved for 2.0 s".into();
     let text = render_text(&status, false, now);
     assert!(text.contains("consumers (from the sentinel; late after 30.0s)\n"), "{text}");
+    assert!(text.contains("\n  analytics: nobody is pulling[2J and nothing moved for 2.0 s\n"), "{text}");
     let alerts = text.split_once("alerts (1)\n").unwrap_or_else(|| panic!("no alerts section in:\n{text}")).1;
     assert_eq!(
         alerts,
@@ -436,7 +440,8 @@ fn sentinel_replies_convert_field_by_field() {
         redeliveries: 6,
         dead_letters: 7,
         dead_letter_reasons: [("rejected".to_string(), 7)].into_iter().collect(),
-        state: "lagging".into(),
+        health: ConsumerState::Failing as i32,
+        reason: "7 dead letters waiting for a redrive or a discard".into(),
     };
     let status = ConsumerStatus::from(&health);
     assert_eq!(
@@ -444,7 +449,8 @@ fn sentinel_replies_convert_field_by_field() {
         ConsumerStatus {
             stream: "ORDERS".into(),
             consumer: "loyalty".into(),
-            state: "lagging".into(),
+            state: "failing".into(),
+            reason: "7 dead letters waiting for a redrive or a discard".into(),
             active_pullers: 2,
             pending: 3,
             ack_pending: 4,
@@ -458,6 +464,7 @@ fn sentinel_replies_convert_field_by_field() {
     assert_eq!(kind(AlertKind::ConsumerDown as i32), "consumer_down");
     assert_eq!(kind(AlertKind::ConsumerLagging as i32), "consumer_lagging");
     assert_eq!(kind(AlertKind::ConsumerRecovered as i32), "consumer_recovered");
+    assert_eq!(kind(AlertKind::ConsumerDeadLetters as i32), "consumer_dead_letters");
     assert_eq!(kind(99), "unknown");
 }
 

@@ -438,7 +438,7 @@ async fn a_redrive_after_a_fix_applies_each_dead_letter_once_in_its_original_tra
     assert_eq!(dead_letters(&system).await, 2);
 
     // The fix: notification without the broken SMTP server (mail goes to files).
-    system.stop_service("notification").unwrap();
+    system.stop_service("notification").await.unwrap();
     system.launcher = system.launcher.clone().with_env("SMTP_URL", "");
     system.start_service("notification").unwrap();
     system.wait_ready(&["notification"]).await.unwrap();

@@ -80,12 +80,12 @@ async fn silent_failure(settings: &Settings, js: &jetstream::Context, http: &req
     use tracehop_proto::v1::{Alert, AlertKind};
 
     let nats = js.client();
-    let launcher = super::up::launcher(settings)?;
+    let launcher = settings.launcher()?;
     let mut alerts = nats.subscribe(format!("{}.analytics", tracehop_proto::subjects::ALERTS_PREFIX)).await?;
     let before = analytics_summary(http, settings).await?;
 
     println!("\n-- a silent failure: analytics is killed (SIGKILL) while orders keep coming --");
-    launcher.stop("analytics", StopMode::Kill)?;
+    launcher.stop("analytics", StopMode::Kill).await?;
     let mut missed = Vec::new();
     for customer in ["dora", "eli", "fay"] {
         let input = OrderInput {

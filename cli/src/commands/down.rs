@@ -8,11 +8,11 @@ use tracehop_launcher::{SERVICES, StopMode};
 
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let launcher = super::up::launcher(settings)?;
+pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let launcher = settings.launcher()?;
     let mut stopped = 0;
     for service in SERVICES.iter().rev() {
-        if launcher.stop(service, StopMode::Graceful(Duration::from_secs(15)))? {
+        if launcher.stop(service, StopMode::Graceful(Duration::from_secs(15))).await? {
             println!("  {service:<13} stopped");
             stopped += 1;
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::json;
-use tracehop_launcher::{SERVICES, StopMode};
+use tracehop_launcher::{Service, StopMode};
 
 use crate::settings::Settings;
 
@@ -16,21 +16,18 @@ pub const GRACE: Duration = Duration::from_secs(15);
 
 /// The service named `name`, or an error that lists the valid names.
 pub fn known_service(name: &str) -> anyhow::Result<&'static str> {
-    match SERVICES.iter().find(|service| **service == name) {
-        Some(service) => Ok(service),
-        None => bail!("unknown service {name:?}; valid services: {}", SERVICES.join(", ")),
-    }
+    Ok(name.parse::<Service>()?.name())
 }
 
-pub fn run(settings: &Settings, name: &str, term: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: &Settings, name: &str, term: bool, as_json: bool) -> anyhow::Result<ExitCode> {
     let service = known_service(name)?;
-    let launcher = super::up::launcher(settings)?;
+    let launcher = settings.launcher()?;
     let Some(pid) = launcher.running_pid(service) else {
         bail!("{service} is not running (start it with `tracehop start {service}`)");
     };
     let started = Instant::now();
     let (mode, signal) = if term { (StopMode::Graceful(GRACE), "SIGTERM") } else { (StopMode::Kill, "SIGKILL") };
-    if !launcher.stop(service, mode)? {
+    if !launcher.stop(service, mode).await? {
         bail!("{service} is not running (it stopped on its own)");
     }
     let elapsed = started.elapsed();

@@ -1,6 +1,7 @@
 //! One module per subcommand; each `run` returns the process's exit code.
 
 pub mod demo;
+pub mod discard;
 pub mod down;
 pub mod explain;
 pub mod kill;
@@ -39,8 +40,4 @@ pub async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Cli
         })
 }
 
-/// True when standard output is a terminal (colors on).
-pub fn is_terminal() -> bool {
-    use std::io::IsTerminal as _;
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-}
+pub use crate::term::is_terminal;

@@ -24,8 +24,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tracehop_messaging::RequestError;
-use tracehop_messaging::replay::{self, ReplayProgress, ReplayReply, ReplayRequest};
+use tracehop_messaging::replay::{self, Mode, ReplayProgress, ReplayReply};
+use tracehop_messaging::{RequestError, Service};
 
 use crate::settings::Settings;
 
@@ -33,8 +33,10 @@ use crate::settings::Settings;
 /// stream takes a while, and progress arrives on the way.
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The consumers whose services answer replay requests.
-pub const REPLAYABLE: [&str; 3] = ["loyalty", "notification", "analytics"];
+/// The consumers whose services answer replay requests, from the catalog.
+pub fn replayable() -> Vec<&'static str> {
+    Service::replayable_names()
+}
 
 /// What to replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,8 +54,8 @@ pub struct ReplayArgs {
 }
 
 impl ReplayArgs {
-    /// What the command's flags mean, or why they do not go together.
-    pub fn check(&self) -> Result<(), String> {
+    /// What the command's flags ask for, or why they do not go together.
+    pub fn mode(&self) -> Result<Mode, String> {
         if self.consumer.trim().is_empty() {
             return Err("--consumer is empty".to_string());
         }
@@ -71,34 +73,31 @@ impl ReplayArgs {
                         .to_string(),
                 );
             }
-            return Ok(());
+            return Ok(Mode::Redrive);
         }
         if self.rebuild {
-            if self.since.is_some() || self.from_seq.is_some_and(|seq| seq > 1) {
-                return Err("--rebuild replays the whole stream: leave out --since, or use --from-seq 1".to_string());
+            if self.since.is_some() {
+                return Err("--rebuild replays the whole stream: leave out --since".to_string());
             }
-            return Ok(());
+            if self.from_seq.is_some_and(|seq| seq > 1) {
+                return Err("--rebuild replays the whole stream: leave out --from-seq, or use --from-seq 1".to_string());
+            }
+            return Ok(Mode::Rebuild);
         }
         match (self.from_seq, self.since) {
-            (Some(_), None) | (None, Some(_)) => Ok(()),
+            (Some(sequence), None) => Ok(Mode::FromSequence(sequence)),
+            (None, Some(since)) => Ok(Mode::Since(since)),
             (None, None) => Err("say where to start: --from-seq N or --since DURATION".to_string()),
             (Some(_), Some(_)) => Err("give --from-seq or --since, not both".to_string()),
         }
     }
 
-    /// The request for the consumer's service.
-    pub fn request(&self) -> ReplayRequest {
-        ReplayRequest {
-            consumer: self.consumer.clone(),
-            from_seq: if self.rebuild { 1 } else { self.from_seq.unwrap_or(0) },
-            since_ms: self.since.map_or(0, |since| since.as_millis().min(u128::from(u64::MAX)) as u64),
-            rebuild: self.rebuild,
-            dead_letters: self.dead_letters,
-            progress_subject: String::new(),
-        }
+    /// What the command's flags mean, or why they do not go together.
+    pub fn check(&self) -> Result<(), String> {
+        self.mode().map(drop)
     }
 
-    fn mode(&self) -> &'static str {
+    fn mode_name(&self) -> &'static str {
         match (self.dead_letters, self.rebuild) {
             (true, _) => "redrive",
             (false, true) => "rebuild",
@@ -149,13 +148,13 @@ pub async fn execute(
     args: &ReplayArgs,
     on_progress: impl FnMut(&ReplayProgress),
 ) -> anyhow::Result<ReplayReply> {
-    args.check().map_err(anyhow::Error::msg)?;
-    replay::call(nats, args.request(), REPLAY_TIMEOUT, on_progress).await.map_err(|error| match error {
+    let mode = args.mode().map_err(anyhow::Error::msg)?;
+    replay::call(nats, mode.request(&args.consumer), REPLAY_TIMEOUT, on_progress).await.map_err(|error| match error {
         RequestError::NoResponders { subject } => {
-            let hint = if REPLAYABLE.contains(&args.consumer.as_str()) {
+            let hint = if replayable().contains(&args.consumer.as_str()) {
                 format!("is {} running? try `tracehop start {}`", args.consumer, args.consumer)
             } else {
-                format!("replay is served by {}", REPLAYABLE.join(", "))
+                format!("replay is served by {}", replayable().join(", "))
             };
             anyhow::anyhow!("no service answers on {subject} ({hint})")
         }
@@ -170,7 +169,7 @@ pub async fn execute(
 pub async fn run(settings: &Settings, args: ReplayArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     args.check().map_err(anyhow::Error::msg)?;
     let nats = super::connect_nats(settings).await?;
-    let mut bar = ProgressView::new(args.mode(), &args.consumer);
+    let mut bar = ProgressView::new(args.mode_name(), &args.consumer);
     let reply = execute(&nats, &args, |progress| bar.show(progress)).await;
     bar.finish();
     let reply = reply?;
@@ -199,13 +198,13 @@ pub fn describe(args: &ReplayArgs, reply: &ReplayReply) -> String {
     let seconds = reply.elapsed_ms as f64 / 1000.0;
     let mut text = String::new();
     if let Some(error) = &reply.error {
-        text.push_str(&format!("{} of {consumer} failed: {}\n", args.mode(), error.message));
+        text.push_str(&format!("{} of {consumer} failed: {}\n", args.mode_name(), error.message));
         if reply.scanned == 0 {
             return text;
         }
     }
     let what = if args.dead_letters { plural(reply.scanned, "dead letter") } else { plural(reply.scanned, "event") };
-    let head = match args.mode() {
+    let head = match args.mode_name() {
         "redrive" => format!("redrove {what} of {consumer}"),
         "rebuild" => format!("rebuilt {consumer}: reset, then replayed {what}"),
         _ => format!("replayed {what} through {consumer}"),
@@ -244,7 +243,7 @@ fn plural(count: u64, noun: &str) -> String {
 pub fn to_json(args: &ReplayArgs, reply: &ReplayReply) -> Value {
     json!({
         "consumer": args.consumer,
-        "mode": args.mode(),
+        "mode": args.mode_name(),
         "ok": succeeded(args, reply),
         "scanned": reply.scanned,
         "applied": reply.applied,
@@ -295,7 +294,7 @@ impl ProgressView {
         let line = progress_line(&self.label, progress);
         let mut stderr = std::io::stderr().lock();
         if self.tty {
-            let _ = write!(stderr, "\r\x1b[2K{line}");
+            let _ = write!(stderr, "{}{line}", crate::term::CLEAR_LINE);
             self.drawn = true;
         } else if self.last_line.is_none_or(|at| at.elapsed() >= LINE_EVERY) {
             let _ = writeln!(stderr, "{line}");
@@ -306,7 +305,7 @@ impl ProgressView {
 
     fn finish(&mut self) {
         if self.drawn {
-            eprint!("\r\x1b[2K");
+            eprint!("{}", crate::term::CLEAR_LINE);
             self.drawn = false;
         }
     }
@@ -363,11 +362,16 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_asks_for_the_whole_stream() {
-        let request = ReplayArgs { rebuild: true, ..args("loyalty") }.request();
-        assert_eq!((request.from_seq, request.since_ms, request.rebuild), (1, 0, true));
-        let request = ReplayArgs { since: Some(Duration::from_secs(2)), ..args("loyalty") }.request();
-        assert_eq!((request.from_seq, request.since_ms), (0, 2000));
+    fn flags_become_one_validated_mode() {
+        assert_eq!(ReplayArgs { rebuild: true, ..args("loyalty") }.mode(), Ok(Mode::Rebuild));
+        assert_eq!(ReplayArgs { rebuild: true, from_seq: Some(1), ..args("loyalty") }.mode(), Ok(Mode::Rebuild));
+        let since = ReplayArgs { since: Some(Duration::from_secs(2)), ..args("loyalty") };
+        assert_eq!(since.mode(), Ok(Mode::Since(Duration::from_secs(2))));
+        let request = since.mode().unwrap().request("loyalty");
+        assert_eq!(Mode::of(&request), Ok(Mode::Since(Duration::from_secs(2))));
+        let error = ReplayArgs { rebuild: true, from_seq: Some(5), ..args("loyalty") }.mode().unwrap_err();
+        assert!(error.contains("--from-seq") && !error.contains("--since"), "{error}");
+        assert_eq!(replayable(), ["loyalty", "notification", "analytics"]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(settings: &Settings, name: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let service = super::kill::known_service(name)?;
-    let launcher = super::up::launcher(settings)?;
+    let launcher = settings.launcher()?;
     if let Some(pid) = launcher.running_pid(service) {
         bail!("{service} is already running (pid {pid})");
     }

@@ -4,38 +4,37 @@
 //! - Services: up or down from the pid files that `up` and `start` write (a
 //!   pid file whose process is gone, or is another program, reads as down).
 //! - Consumers and alerts: the sentinel is the source of truth and is asked
-//!   on `svc.sentinel.status`. When it does not answer, consumer state is read
-//!   straight from JetStream (consumer info, plus the DEADLETTER stream's
-//!   count per `deadletter.<consumer>` subject) and there are no alerts: only
-//!   the sentinel raises them, and the output says so.
+//!   on `svc.sentinel.status`. When it does not answer, each consumer is
+//!   read from JetStream and judged here by the same function the sentinel
+//!   uses ([`tracehop_messaging::health`], with its default thresholds);
+//!   since that judges progress over time, a consumer that nobody pulls is
+//!   read again after the down-after period before it is called down. There
+//!   are no alerts then: only the sentinel raises them, and the output says
+//!   so.
 //!
 //! [`gather`] does the I/O; [`render_text`] and [`render_json`] are pure
 //! functions of a [`Status`], so that what a user sees is tested without NATS.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream::Stream};
-use futures::TryStreamExt as _;
+use async_nats::jetstream;
 use serde::Serialize;
 use serde_json::Value;
 use tracehop_launcher::{Launcher, SERVICES};
-use tracehop_messaging::{ConsumerSpec, RequestError, topology};
+use tracehop_messaging::health::{self, History, Reading, Thresholds};
+use tracehop_messaging::{RequestError, topology};
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{AlertKind, ConsumerHealth, SentinelStatusReply, SentinelStatusRequest};
 
 use crate::settings::Settings;
+use crate::term::{DIM, RED, RESET, YELLOW, sanitize as clean};
 use Align::{Left, Right};
 
 /// How long the sentinel has to answer before status reads JetStream itself.
 pub const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Without the sentinel, a consumer whose oldest unprocessed event is older
-/// than this is shown as lagging: the sentinel's default deadline
-/// (`SENTINEL_DEADLINE_MS`).
-pub const FALLBACK_LATE_AFTER: Duration = Duration::from_secs(5);
 
 /// What `tracehop status` shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -75,9 +74,15 @@ pub struct ServiceStatus {
 pub struct ConsumerStatus {
     pub stream: String,
     pub consumer: String,
-    /// `ok`, `down` (nobody pulling), `lagging` (oldest event too old), or
-    /// `missing` (the durable does not exist: the system was never set up).
+    /// `ok`, `lagging` (moving, but its oldest event is past the deadline),
+    /// `down` (nobody pulling and nothing moving), `failing` (dead letters
+    /// wait) or `missing` (the durable does not exist: the system was never
+    /// set up), as [`tracehop_messaging::health::judge`] says; `unknown` when
+    /// it could not be read (the reason says why).
     pub state: String,
+    /// Why it is in that state; empty when it is ok.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     /// Pull requests waiting on the durable (`num_waiting`): 0 means nobody
     /// is pulling.
     pub active_pullers: u64,
@@ -98,7 +103,8 @@ pub struct ConsumerStatus {
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct AlertStatus {
     pub alert_id: String,
-    /// `consumer_down`, `consumer_lagging` or `consumer_recovered`.
+    /// `consumer_down`, `consumer_lagging`, `consumer_recovered`,
+    /// `consumer_dead_letters` or `dead_letters_cleared`.
     pub kind: String,
     pub stream: String,
     pub consumer: String,
@@ -107,12 +113,14 @@ pub struct AlertStatus {
     pub raised_at_unix_ms: i64,
     pub incident_duration_ms: i64,
     pub processed_late: u64,
+    /// Dead letters waiting (a dead-letter alert).
+    pub dead_letters: u64,
     pub message: String,
 }
 
 /// Prints the status; fails (exit code 1) only when NATS is unreachable.
 pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode> {
-    let launcher = super::up::launcher(settings)?;
+    let launcher = settings.launcher()?;
     let status = match super::connect_nats(settings).await {
         Ok(nats) => gather(&launcher, &nats).await,
         Err(error) => {
@@ -122,7 +130,7 @@ pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode>
     if as_json {
         println!("{}", serde_json::to_string_pretty(&render_json(&status))?);
     } else {
-        print!("{}", render_text(&status, super::is_terminal(), now_unix_ms()));
+        print!("{}", render_text(&status, super::is_terminal(), tracehop_telemetry::now_unix_ms()));
     }
     Ok(if status.nats_error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -175,101 +183,68 @@ pub fn services(launcher: &Launcher) -> Vec<ServiceStatus> {
         .collect()
 }
 
-/// Every expected consumer, read from JetStream: what the sentinel would say,
-/// minus dead-letter reasons. A consumer that cannot be read is `missing`.
+/// Every expected consumer, read from JetStream and judged by the same
+/// function as the sentinel's: what the sentinel would say, minus
+/// dead-letter reasons. A consumer that nobody pulls is read again after
+/// the down-after period, since down means no progress over that time; a
+/// durable that does not exist is `missing`, one that cannot be read
+/// `unknown`.
 pub async fn consumers_from_jetstream(js: &jetstream::Context) -> Vec<ConsumerStatus> {
-    let dead_letters = subject_counts(js, topology::DEAD_LETTER_STREAM, "deadletter.>").await;
-    let mut streams: HashMap<&str, Option<Stream>> = HashMap::new();
-    let mut consumers = Vec::new();
-    for spec in topology::expected_consumers() {
-        if !streams.contains_key(spec.stream) {
-            streams.insert(spec.stream, js.get_stream(spec.stream).await.ok());
+    let thresholds = Thresholds::default();
+    let specs = topology::expected_consumers();
+    let mut histories: Vec<History> = vec![History::default(); specs.len()];
+    let started = Instant::now();
+    let mut readings = Vec::with_capacity(specs.len());
+    for (spec, history) in specs.iter().zip(&mut histories) {
+        let reading = health::read(js, spec).await;
+        if let Ok(reading) = &reading {
+            health::judge(reading, history, &thresholds, started);
         }
-        let mut status = ConsumerStatus {
-            stream: spec.stream.to_string(),
-            consumer: spec.durable.to_string(),
-            state: "missing".to_string(),
-            dead_letters: dead_letters.get(&topology::dead_letter_subject(spec.durable)).copied().unwrap_or(0),
-            ..ConsumerStatus::default()
-        };
-        if let Some(stream) = streams.get(spec.stream).and_then(Option::as_ref) {
-            read_consumer(stream, &spec, &mut status).await;
-        }
-        consumers.push(status);
+        readings.push(reading);
     }
-    consumers
-}
-
-async fn read_consumer(stream: &Stream, spec: &ConsumerSpec, status: &mut ConsumerStatus) {
-    let Ok(info) = stream.consumer_info(spec.durable).await else { return };
-    status.active_pullers = info.num_waiting as u64;
-    status.pending = info.num_pending;
-    status.ack_pending = info.num_ack_pending as u64;
-    let filters = filters_of(spec, &info.config);
-
-    // The first event past the ack floor that the filter takes is the oldest
-    // one not acknowledged: were it acknowledged, the floor would be past it.
-    if status.pending + status.ack_pending > 0 {
-        let mut oldest: Option<i128> = None;
-        for filter in &filters {
-            let next = stream
-                .raw_message_builder()
-                .sequence(info.ack_floor.stream_sequence + 1)
-                .next_by_subject(filter.clone())
-                .send()
-                .await;
-            if let Ok(message) = next {
-                let at = message.time.unix_timestamp_nanos() / 1_000_000;
-                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+    if readings.iter().any(|reading| reading.as_ref().is_ok_and(|r| r.pullers == 0)) {
+        tokio::time::sleep(thresholds.down_after).await;
+        for (spec, reading) in specs.iter().zip(&mut readings) {
+            if reading.as_ref().is_ok_and(|r| r.pullers == 0) {
+                *reading = health::read(js, spec).await;
             }
         }
-        if let Some(at) = oldest {
-            status.oldest_unprocessed_age_ms = (i128::from(now_unix_ms()) - at).max(0) as i64;
-        }
     }
-
-    // Every delivery bumps the consumer sequence; each event delivered at
-    // least once is one that the filter takes and that is no longer pending.
-    let mut matching = 0u64;
-    for filter in &filters {
-        matching += subject_counts_of(stream, filter).await.values().sum::<u64>();
-    }
-    let delivered_once = matching.saturating_sub(info.num_pending);
-    status.redeliveries = info.delivered.consumer_sequence.saturating_sub(delivered_once);
-
-    status.state = if status.active_pullers == 0 {
-        "down"
-    } else if status.oldest_unprocessed_age_ms > FALLBACK_LATE_AFTER.as_millis() as i64 {
-        "lagging"
-    } else {
-        "ok"
-    }
-    .to_string();
+    let now = Instant::now();
+    specs
+        .iter()
+        .zip(readings)
+        .zip(&mut histories)
+        .map(|((spec, reading), history)| {
+            let mut status = ConsumerStatus {
+                stream: spec.stream.to_string(),
+                consumer: spec.durable.to_string(),
+                ..ConsumerStatus::default()
+            };
+            let judged = match &reading {
+                Ok(reading) => {
+                    status.fill(reading);
+                    health::judge(reading, history, &thresholds, now)
+                }
+                Err(error) if error.is_missing() => health::Health::missing(),
+                Err(error) => health::Health::unknown(tracehop_telemetry::error_chain(error)),
+            };
+            status.state = health::state_name(judged.state as i32).to_string();
+            status.reason = judged.reason;
+            status
+        })
+        .collect()
 }
 
-/// The subjects the durable takes: the server's view, or the spec's.
-fn filters_of(spec: &ConsumerSpec, config: &jetstream::consumer::Config) -> Vec<String> {
-    let mut filters: Vec<String> = config.filter_subjects.clone();
-    if !config.filter_subject.is_empty() {
-        filters.push(config.filter_subject.clone());
+impl ConsumerStatus {
+    fn fill(&mut self, reading: &Reading) {
+        self.active_pullers = reading.pullers;
+        self.pending = reading.pending;
+        self.ack_pending = reading.ack_pending;
+        self.oldest_unprocessed_age_ms = reading.oldest_unprocessed_age.map_or(0, |age| age.as_millis() as i64);
+        self.redeliveries = reading.redeliveries;
+        self.dead_letters = reading.dead_letters;
     }
-    if filters.is_empty() {
-        filters = spec.filter_subjects.clone();
-    }
-    filters
-}
-
-/// Messages per subject in `stream` under `filter`; empty when unknown.
-async fn subject_counts(js: &jetstream::Context, stream: &str, filter: &str) -> HashMap<String, u64> {
-    match js.get_stream(stream).await {
-        Ok(stream) => subject_counts_of(&stream, filter).await,
-        Err(_) => HashMap::new(),
-    }
-}
-
-async fn subject_counts_of(stream: &Stream, filter: &str) -> HashMap<String, u64> {
-    let Ok(subjects) = stream.info_with_subjects(filter).await else { return HashMap::new() };
-    subjects.map_ok(|(subject, count)| (subject, count as u64)).try_collect().await.unwrap_or_default()
 }
 
 impl From<&ConsumerHealth> for ConsumerStatus {
@@ -277,7 +252,8 @@ impl From<&ConsumerHealth> for ConsumerStatus {
         Self {
             stream: health.stream.clone(),
             consumer: health.consumer.clone(),
-            state: health.state.clone(),
+            state: health::state_name(health.health).to_string(),
+            reason: health.reason.clone(),
             active_pullers: health.active_pullers,
             pending: health.pending,
             ack_pending: health.ack_pending,
@@ -301,6 +277,7 @@ impl From<&tracehop_proto::v1::Alert> for AlertStatus {
             raised_at_unix_ms: alert.raised_at_unix_ms,
             incident_duration_ms: alert.incident_duration_ms,
             processed_late: alert.processed_late,
+            dead_letters: alert.dead_letters,
             message: alert.message.clone(),
         }
     }
@@ -315,20 +292,11 @@ fn alert_kind_name(kind: i32) -> String {
     }
 }
 
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// The status for `--json`: `{"services", "consumers", "alerts", "sentinel"}`
 /// (plus `sentinel_error`, `deadline_ms` or `nats_error` when they apply).
 pub fn render_json(status: &Status) -> Value {
     serde_json::to_value(status).unwrap_or(Value::Null)
 }
-
-const RED: &str = "\x1b[31m";
-const YELLOW: &str = "\x1b[33m";
-const DIM: &str = "\x1b[2m";
-const RESET: &str = "\x1b[0m";
 
 /// The status for people: a table of services, a table of consumers, then
 /// the open alerts (or why there are none). `now_unix_ms` dates the alerts;
@@ -398,6 +366,11 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
         ("dead letters", Right),
     ];
     table(&mut out, &columns, &rows, color);
+    // Why each consumer that is not ok is in its state.
+    for c in status.consumers.iter().filter(|c| !c.reason.is_empty()) {
+        let line = format!("  {}: {}", clean(&c.consumer), clean(&c.reason));
+        push_line(&mut out, &line, color.then_some(DIM));
+    }
 
     out.push('\n');
     if !status.sentinel {
@@ -415,13 +388,16 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
     }
     let _ = writeln!(out, "alerts ({})", status.alerts.len());
     for alert in &status.alerts {
+        let what = if alert.kind == alert_kind_name(AlertKind::ConsumerDeadLetters as i32) {
+            format!("{} dead letters", alert.dead_letters)
+        } else {
+            format!("backlog {}, oldest {}", alert.backlog, age(alert.oldest_unprocessed_age_ms))
+        };
         let mut line = format!(
-            "  {:<18} {}/{}  backlog {}, oldest {}",
+            "  {:<18} {}/{}  {what}",
             clean(&alert.kind).replace('_', " "),
             clean(&alert.stream),
             clean(&alert.consumer),
-            alert.backlog,
-            age(alert.oldest_unprocessed_age_ms),
         );
         if alert.raised_at_unix_ms > 0 {
             let _ = write!(line, ", raised {} ago", age((now_unix_ms - alert.raised_at_unix_ms).max(1)));
@@ -500,10 +476,4 @@ pub fn age(ms: i64) -> String {
     } else {
         format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3600)
     }
-}
-
-/// Text from another process, stripped of control characters before it
-/// reaches the terminal.
-fn clean(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).collect()
 }

@@ -8,13 +8,9 @@ use tracehop_launcher::{Launcher, SERVICES};
 
 use crate::settings::Settings;
 
-/// The launcher for a system run from `settings`.
+/// The launcher for a system run from `settings` ([`Settings::launcher`]).
 pub fn launcher(settings: &Settings) -> anyhow::Result<Launcher> {
-    Ok(Launcher::new(tracehop_launcher::default_bin_dir()?, settings.run_dir())
-        .with_env("NATS_URL", &settings.nats_url)
-        .with_env("DATABASE_URL", &settings.database_url)
-        .with_env("GATEWAY_ADDR", &settings.gateway_addr)
-        .with_env("NOTIFICATION_MAIL_DIR", settings.mail_dir().to_string_lossy()))
+    settings.launcher()
 }
 
 /// Brings the system up; prints where things are. Without `detach`, stays in
@@ -27,7 +23,7 @@ pub async fn run(settings: &Settings, detach: bool) -> anyhow::Result<ExitCode> 
     }
     println!("\nPress Ctrl-C to stop.");
     let _ = tokio::signal::ctrl_c().await;
-    super::down::run(settings)
+    super::down::run(settings).await
 }
 
 /// Migrations, streams and consumers, without starting anything: what a
@@ -49,7 +45,7 @@ async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Resu
 /// Prepares and starts every service that is not running yet, and waits
 /// until all of them answer.
 pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
-    let launcher = launcher(settings)?;
+    let launcher = settings.launcher()?;
     launcher.check_binaries()?;
     let nats = super::connect_nats(settings).await?;
     prepare(settings, &nats).await?;

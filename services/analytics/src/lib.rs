@@ -33,7 +33,7 @@ use tracehop_scenarios::Scenario;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "analytics";
+pub const SERVICE: &str = tracehop_messaging::Service::Analytics.name();
 
 /// Records order events and answers summary requests until shutdown, then
 /// drains both.

@@ -28,9 +28,9 @@ pub enum RecordError {
 impl From<RecordError> for ProcessError {
     fn from(error: RecordError) -> Self {
         match error {
-            RecordError::Invalid(reason) => ProcessError::Reject(reason),
+            RecordError::Invalid(reason) => ProcessError::Reject(reason.into()),
             // The database may be back on the next delivery.
-            other @ RecordError::Database(_) => ProcessError::Retry(other.to_string()),
+            other @ RecordError::Database(_) => ProcessError::Retry(other.into()),
         }
     }
 }

@@ -38,7 +38,8 @@ impl Projection for Recorder {
     /// documentation).
     async fn reset(&self) -> Result<(), ResetError> {
         let failed = |error: sqlx::Error| {
-            ResetError::Failed(format!("failed to reset analytics ({})", tracehop_db::describe_error(&error)))
+            let message = format!("failed to reset analytics ({})", tracehop_db::describe_error(&error));
+            ResetError::Failed { message, source: error.into() }
         };
         let mut tx = self.pool().begin().await.map_err(failed)?;
         traced(

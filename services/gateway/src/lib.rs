@@ -37,7 +37,7 @@ use tracehop_messaging::w3c::BaggagePolicy;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "gateway";
+pub const SERVICE: &str = tracehop_messaging::Service::Gateway.name();
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -87,7 +87,7 @@ impl Gateway {
 
     async fn build(watched: bool, order_timeout: Duration) -> Self {
         install_telemetry();
-        let server = NatsServer::start().expect("failed to start nats-server");
+        let server = NatsServer::start().await.expect("failed to start nats-server");
         let nats = async_nats::connect(server.url()).await.expect("failed to connect the gateway to NATS");
         let (watch, watcher) = if watched {
             let watcher = async_nats::connect(server.url()).await.expect("failed to connect the watcher");

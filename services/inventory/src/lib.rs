@@ -31,7 +31,7 @@ use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "inventory";
+pub const SERVICE: &str = tracehop_messaging::Service::Inventory.name();
 
 /// Serves every inventory request until shutdown, then drains.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {

@@ -41,9 +41,9 @@ pub enum AccrueError {
 impl From<AccrueError> for ProcessError {
     fn from(error: AccrueError) -> Self {
         match error {
-            AccrueError::Invalid(reason) => ProcessError::Reject(reason),
+            AccrueError::Invalid(reason) => ProcessError::Reject(reason.into()),
             // The database or inventory may be back on the next delivery.
-            other => ProcessError::Retry(other.to_string()),
+            other => ProcessError::Retry(other.into()),
         }
     }
 }

@@ -33,7 +33,7 @@ use tracehop_messaging::{Responder, async_nats, run_projection, topology};
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "loyalty";
+pub const SERVICE: &str = tracehop_messaging::Service::Loyalty.name();
 
 /// Processes order events and answers replay requests until shutdown; the
 /// event in hand is finished first, a replay stops at the next event.

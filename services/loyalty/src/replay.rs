@@ -41,7 +41,8 @@ impl Projection for Accrual {
     /// documentation).
     async fn reset(&self) -> Result<(), ResetError> {
         let failed = |error: sqlx::Error| {
-            ResetError::Failed(format!("failed to reset loyalty ({})", tracehop_db::describe_error(&error)))
+            let message = format!("failed to reset loyalty ({})", tracehop_db::describe_error(&error));
+            ResetError::Failed { message, source: error.into() }
         };
         let mut tx = self.pool().begin().await.map_err(failed)?;
         traced(

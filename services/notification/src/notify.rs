@@ -43,10 +43,10 @@ pub enum NotifyError {
 impl From<NotifyError> for ProcessError {
     fn from(error: NotifyError) -> Self {
         match error {
-            NotifyError::Invalid(reason) => ProcessError::Reject(reason),
+            NotifyError::Invalid(reason) => ProcessError::Reject(reason.into()),
             // The database or the mail server may be back on the next
             // delivery.
-            other => ProcessError::Retry(other.to_string()),
+            other => ProcessError::Retry(other.into()),
         }
     }
 }

@@ -10,6 +10,11 @@
 //!
 //! Only unavailability counts as a failure (timeouts, no responders, a
 //! processor error): a declined card is payment working as it should.
+//!
+//! A call goes through with a [`Permit`], a guard: its outcome is recorded
+//! with [`Permit::record`], and a permit dropped without one (a panic, a
+//! cancelled future) records a failure, so that a trial call can never stay
+//! "in flight" forever and keep the breaker failing fast for good.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,16 +37,50 @@ impl State {
     }
 }
 
-/// What the breaker allows for one call.
+/// What the breaker allowed for one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Permit {
+enum Allowed {
     /// Go ahead (closed).
     Call,
     /// Go ahead: this is the one trial call of the half-open state.
     Trial,
-    /// Fail fast: the breaker is open.
-    Reject,
 }
+
+/// Leave to make one call; records its outcome exactly once, a failure if
+/// it is dropped unrecorded.
+#[derive(Debug)]
+#[must_use = "a permit records a failure when dropped without an outcome"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    allowed: Allowed,
+    recorded: bool,
+}
+
+impl Permit<'_> {
+    /// True for the one trial call of the half-open state.
+    pub fn is_trial(&self) -> bool {
+        self.allowed == Allowed::Trial
+    }
+
+    /// Records the call's outcome; returns the state after it.
+    pub fn record(mut self, success: bool) -> State {
+        self.recorded = true;
+        self.breaker.finish(self.allowed, success)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            // No outcome known: not a success.
+            self.breaker.finish(self.allowed, false);
+        }
+    }
+}
+
+/// The breaker is open: fail fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejected;
 
 #[derive(Debug)]
 enum Inner {
@@ -72,28 +111,28 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to make a call; every [`Permit::Call`] or [`Permit::Trial`] must
-    /// be followed by [`CircuitBreaker::record`].
-    pub fn permit(&self) -> Permit {
+    /// Asks to make a call: a [`Permit`] to go ahead, or [`Rejected`] when
+    /// the breaker is open (or its one trial call is in flight).
+    pub fn permit(&self) -> Result<Permit<'_>, Rejected> {
         let mut inner = self.lock();
-        match *inner {
-            Inner::Closed { .. } => Permit::Call,
-            Inner::Open { until } if Instant::now() < until => Permit::Reject,
+        let allowed = match *inner {
+            Inner::Closed { .. } => Allowed::Call,
+            Inner::Open { until } if Instant::now() < until => return Err(Rejected),
             Inner::Open { .. } | Inner::HalfOpen { trial_in_flight: false } => {
                 *inner = Inner::HalfOpen { trial_in_flight: true };
-                Permit::Trial
+                Allowed::Trial
             }
-            Inner::HalfOpen { trial_in_flight: true } => Permit::Reject,
-        }
+            Inner::HalfOpen { trial_in_flight: true } => return Err(Rejected),
+        };
+        Ok(Permit { breaker: self, allowed, recorded: false })
     }
 
     /// Records the outcome of a permitted call; returns the state after it.
-    pub fn record(&self, permit: Permit, success: bool) -> State {
+    fn finish(&self, allowed: Allowed, success: bool) -> State {
         let mut inner = self.lock();
-        *inner = match (&*inner, permit, success) {
-            (_, Permit::Reject, _) => return self.state_of(&inner),
+        *inner = match (&*inner, allowed, success) {
             (_, _, true) => Inner::Closed { failures: 0 },
-            (Inner::Closed { failures }, Permit::Call, false) if failures + 1 < self.failure_threshold => {
+            (Inner::Closed { failures }, Allowed::Call, false) if failures + 1 < self.failure_threshold => {
                 Inner::Closed { failures: failures + 1 }
             }
             // The threshold is reached, or the trial failed, or a call let
@@ -121,46 +160,68 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    fn fail(breaker: &CircuitBreaker) -> State {
+        breaker.permit().expect("a permit").record(false)
+    }
+
     #[test]
     fn opens_after_the_threshold_and_fails_fast() {
         let breaker = CircuitBreaker::new(3, Duration::from_secs(60));
         for _ in 0..2 {
-            assert_eq!(breaker.permit(), Permit::Call);
-            assert_eq!(breaker.record(Permit::Call, false), State::Closed);
+            let permit = breaker.permit().expect("closed");
+            assert!(!permit.is_trial());
+            assert_eq!(permit.record(false), State::Closed);
         }
-        assert_eq!(breaker.record(breaker.permit(), false), State::Open);
-        assert_eq!(breaker.permit(), Permit::Reject);
+        assert_eq!(fail(&breaker), State::Open);
+        assert_eq!(breaker.permit().unwrap_err(), Rejected);
         assert_eq!(breaker.state(), State::Open);
     }
 
     #[test]
     fn a_success_resets_the_count() {
         let breaker = CircuitBreaker::new(2, Duration::from_secs(60));
-        breaker.record(breaker.permit(), false);
-        breaker.record(breaker.permit(), true);
-        assert_eq!(breaker.record(breaker.permit(), false), State::Closed);
+        fail(&breaker);
+        breaker.permit().unwrap().record(true);
+        assert_eq!(fail(&breaker), State::Closed);
     }
 
     #[test]
     fn half_open_lets_one_trial_through_and_closes_on_success() {
         let breaker = CircuitBreaker::new(1, Duration::from_millis(20));
-        breaker.record(breaker.permit(), false);
-        assert_eq!(breaker.permit(), Permit::Reject);
+        fail(&breaker);
+        assert!(breaker.permit().is_err());
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(breaker.state(), State::HalfOpen);
-        assert_eq!(breaker.permit(), Permit::Trial);
-        assert_eq!(breaker.permit(), Permit::Reject, "only one trial at a time");
-        assert_eq!(breaker.record(Permit::Trial, true), State::Closed);
-        assert_eq!(breaker.permit(), Permit::Call);
+        let trial = breaker.permit().expect("the trial");
+        assert!(trial.is_trial());
+        assert!(breaker.permit().is_err(), "only one trial at a time");
+        assert_eq!(trial.record(true), State::Closed);
+        assert!(!breaker.permit().unwrap().is_trial());
     }
 
     #[test]
     fn a_failed_trial_opens_it_again() {
         let breaker = CircuitBreaker::new(1, Duration::from_millis(20));
-        breaker.record(breaker.permit(), false);
+        fail(&breaker);
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(breaker.permit(), Permit::Trial);
-        assert_eq!(breaker.record(Permit::Trial, false), State::Open);
-        assert_eq!(breaker.permit(), Permit::Reject);
+        assert_eq!(breaker.permit().unwrap().record(false), State::Open);
+        assert!(breaker.permit().is_err());
+    }
+
+    #[test]
+    fn a_trial_that_panics_does_not_stay_in_flight() {
+        let breaker = CircuitBreaker::new(1, Duration::from_millis(20));
+        fail(&breaker);
+        std::thread::sleep(Duration::from_millis(30));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _trial = breaker.permit().expect("the trial");
+            panic!("the call panicked");
+        }));
+        assert!(panicked.is_err());
+        // Recorded as a failure on drop: open again, and a new trial comes
+        // after the open period instead of never.
+        assert_eq!(breaker.state(), State::Open);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(breaker.permit().expect("a new trial").is_trial());
     }
 }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use tracehop_scenarios::{Scenario, Switches};
 
-use crate::breaker::{CircuitBreaker, Permit};
+use crate::breaker::CircuitBreaker;
 use crate::config::Config;
 use crate::store::{Decision, KeyClaim, NewOrder, Store};
 
@@ -303,15 +303,15 @@ impl Orders {
             "call payment",
             otel.kind = "internal",
             payment.circuit_breaker.state = self.payment_breaker.state().as_str(),
-            payment.circuit_breaker.trial = permit == Permit::Trial,
+            payment.circuit_breaker.trial = permit.as_ref().is_ok_and(|permit| permit.is_trial()),
             payment.circuit_breaker.state_after = tracing::field::Empty,
         );
         self.switches.annotate(&span, &[Scenario::PaymentDown]);
-        if permit == Permit::Reject {
+        let Ok(permit) = permit else {
             let reason = "payment is unavailable (circuit breaker open); the card was not charged".to_string();
             record_failure(&span, "circuit_open", &reason);
             return Err((ErrorCode::Unavailable, reason));
-        }
+        };
         let result = messaging::request::<_, ChargeReply>(
             &self.nats,
             subjects::PAYMENT_CHARGE,
@@ -327,7 +327,7 @@ impl Orders {
             }
             Err(_) => true,
         };
-        let state = self.payment_breaker.record(permit, !unavailable);
+        let state = permit.record(!unavailable);
         span.record("payment.circuit_breaker.state_after", state.as_str());
         result.map_err(|error| {
             let failure = payment_failure(&error);

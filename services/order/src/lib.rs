@@ -43,7 +43,7 @@ use tracehop_proto::subjects;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "order";
+pub const SERVICE: &str = tracehop_messaging::Service::Order.name();
 
 /// Serves order requests and relays the outbox until shutdown, then drains.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {

@@ -96,7 +96,7 @@ impl Relay {
                     tracing::Span::current().context(),
                 )
                 .await;
-                let error = outcome.as_ref().err().map(ToString::to_string);
+                let error = outcome.as_ref().err().map(|error| tracehop_telemetry::error_chain(error));
                 traced(
                     "UPDATE",
                     "ordering.outbox",

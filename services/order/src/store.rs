@@ -190,7 +190,7 @@ impl Store {
             total_cents: total,
             failure_reason: reason.unwrap_or_default().to_string(),
             email: email.unwrap_or_default(),
-            occurred_at_unix_ms: now_unix_ms(),
+            occurred_at_unix_ms: tracehop_telemetry::now_unix_ms(),
         };
         let subject = match decision {
             Decision::Confirmed => subjects::ORDER_CONFIRMED,
@@ -470,8 +470,4 @@ impl Store {
         .await
         .map(|_| ())
     }
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }

@@ -26,7 +26,7 @@ use tracehop_scenarios::Scenario;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "payment";
+pub const SERVICE: &str = tracehop_messaging::Service::Payment.name();
 
 /// Serves charges until shutdown, then drains. While the scenario
 /// `payment-down` is on, charge requests are received and never answered:

@@ -10,7 +10,7 @@
 
 use sqlx::PgPool;
 use tracehop_db::traced;
-use tracehop_messaging::{Delivery, ProcessError};
+use tracehop_messaging::{Delivery, Failure, ProcessError};
 use tracehop_proto::v1::{OrderEvent, OrderStatus};
 use uuid::Uuid;
 
@@ -39,7 +39,7 @@ impl Settlement {
             return Ok(());
         }
         let order_id =
-            Uuid::parse_str(&event.order_id).map_err(|_| ProcessError::Reject("order_id is not a UUID".to_string()))?;
+            Uuid::parse_str(&event.order_id).map_err(|_| ProcessError::Reject("order_id is not a UUID".into()))?;
         let outcome: Option<String> = traced(
             "INSERT",
             "payment.payments",
@@ -56,7 +56,8 @@ impl Settlement {
         )
         .await
         .map_err(|error| {
-            ProcessError::Retry(format!("failed to settle the payment ({})", tracehop_db::describe_error(&error)))
+            let message = format!("failed to settle the payment ({})", tracehop_db::describe_error(&error));
+            ProcessError::Retry(Failure::new(message, error).into())
         })?;
         let settlement = outcome.as_deref().unwrap_or("none");
         tracing::Span::current().record("payment.settlement", settlement);

@@ -5,21 +5,24 @@
 //! just wait.
 //!
 //! It reports, for each consumer:
-//! - **down** (nobody pulling) or **lagging** (its oldest unprocessed event
-//!   is older than the deadline): an alert, published on
-//!   `tracehop.alerts.<consumer>` and logged, naming the backlog and the
-//!   oldest age;
+//! - **down** (nobody pulling and nothing moving for the down-after period)
+//!   or **lagging** (its oldest unprocessed event is older than the
+//!   deadline), as [`tracehop_messaging::health::judge`] decides: an alert,
+//!   published on `tracehop.alerts.<consumer>` and logged, naming the
+//!   backlog and the oldest age;
 //! - every event the consumer misses: a failure span in that event's own
 //!   trace, child of its producer span, naming the consumer and the delay
 //!   (bounded per incident; the rest are counted);
 //! - recovery: once it has caught up, a span and an alert saying how long
-//!   the incident lasted and how many events were processed late;
-//! - dead letters: count and reasons.
+//!   the incident lasted, how many events were processed late and how many
+//!   were dead-lettered instead;
+//! - dead letters (**failing**): one alert per consumer naming the count and
+//!   the reasons, open until they are redriven or discarded.
 //!
 //! `svc.sentinel.status` answers with all of it (`tracehop status`).
 //!
 //! Modules: [`config`], [`watch`] (the per-consumer state machine),
-//! [`dead_letters`] (counting and reasons, and the max-deliveries advisory).
+//! [`dead_letters`] (the max-deliveries advisory).
 
 pub mod config;
 pub mod dead_letters;
@@ -36,7 +39,7 @@ use tracehop_proto::v1::{Error as WireError, SentinelStatusReply, SentinelStatus
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
-pub const SERVICE: &str = "sentinel";
+pub const SERVICE: &str = tracehop_messaging::Service::Sentinel.name();
 
 /// The sentinel's shared view, read by the status responder.
 pub type SharedView = Arc<Mutex<SentinelStatusReply>>;

@@ -1,19 +1,22 @@
-//! The per-consumer state machine.
+//! The per-consumer state machine, built on the one health judgement,
+//! [`tracehop_messaging::health::judge`].
 //!
-//! Every `interval` the sentinel reads each expected consumer's state from
-//! JetStream (pull requests waiting, pending, ack pending, ack floor) and
-//! the oldest event it has not acknowledged (a direct get from the stream).
+//! Every `interval` the sentinel reads each expected consumer from
+//! JetStream ([`health::read`]) and judges it against its history:
 //!
-//! - nobody pulling for `down_after` → **down**; oldest unprocessed event
-//!   older than `deadline` → **lagging**. Either opens an incident and
-//!   raises an alert.
+//! - **down** (nobody pulling and nothing moving for `down_after`) or
+//!   **lagging** (moving, but its oldest unprocessed event older than
+//!   `deadline`) opens an incident and raises an alert.
 //! - while an incident is open, each event that becomes late gets a failure
 //!   span `missed by <consumer>` in its own trace, as a child of its
 //!   producer span (at most `max_missed_spans` per incident; the rest are
 //!   counted).
-//! - once the consumer pulls again and has nothing pending, the incident
-//!   closes with a recovery alert and a span that say how long it lasted
-//!   and how many events were processed late.
+//! - once it is neither and has nothing pending, the incident closes with a
+//!   recovery alert and a span that say how long it lasted, how many of its
+//!   late events were processed and how many were dead-lettered instead.
+//! - dead letters waiting (**failing**) raise one alert per consumer that
+//!   names the count and the reasons, and stays open until they are gone,
+//!   redriven or discarded; then a `dead_letters_cleared` alert closes it.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -22,14 +25,16 @@ use async_nats::jetstream::{self, stream::Stream};
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
+use tracehop_messaging::dead_letters::{self, Summary};
+use tracehop_messaging::health::{self, History, Thresholds};
 use tracehop_messaging::{ConsumerSpec, headers};
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{Alert, AlertKind, ConsumerHealth};
-use tracehop_telemetry::record_failure;
+use tracehop_telemetry::{now_unix_ms, record_failure};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::SharedView;
 use crate::config::Config;
-use crate::{SharedView, dead_letters};
 
 /// Most producer links on a recovery span.
 const MAX_RECOVERY_LINKS: usize = 32;
@@ -47,9 +52,12 @@ pub struct Watcher {
 /// What the sentinel remembers of one consumer between checks.
 struct ConsumerWatch {
     spec: ConsumerSpec,
-    no_pullers_since: Option<Instant>,
+    history: History,
     incident: Option<Incident>,
-    dead_letters: dead_letters::Tally,
+    /// The open dead-letter alert, if any.
+    dead_letter_alert: Option<Alert>,
+    /// The dead letters as last read (re-read when their count changes).
+    dead_letters: Summary,
 }
 
 /// An open incident: a consumer down or lagging.
@@ -63,10 +71,6 @@ struct Incident {
     reported: usize,
     unreported: u64,
     producers: Vec<SpanContext>,
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn age_of(published: time::OffsetDateTime) -> Duration {
@@ -87,9 +91,10 @@ impl Watcher {
             .iter()
             .map(|spec| ConsumerWatch {
                 spec: spec.clone(),
-                no_pullers_since: None,
+                history: History::default(),
                 incident: None,
-                dead_letters: dead_letters::Tally::default(),
+                dead_letter_alert: None,
+                dead_letters: Summary::default(),
             })
             .collect();
         loop {
@@ -98,15 +103,35 @@ impl Watcher {
                 match self.check(watch).await {
                     Ok(health) => consumers.push(health),
                     Err(error) => {
-                        tracing::warn!(consumer = watch.spec.durable, error = %error, "failed to check a consumer");
+                        tracing::warn!(consumer = watch.spec.durable, error = %format!("{error:#}"), "failed to check a consumer");
+                        // Still listed, so that status shows every expected
+                        // consumer: missing when the durable does not exist.
+                        let missing =
+                            error.downcast_ref::<health::ReadError>().is_some_and(health::ReadError::is_missing);
+                        let judged = if missing {
+                            health::Health::missing()
+                        } else {
+                            health::Health::unknown(format!("cannot be read: {error:#}"))
+                        };
+                        consumers.push(ConsumerHealth {
+                            stream: watch.spec.stream.to_string(),
+                            consumer: watch.spec.durable.to_string(),
+                            health: judged.state as i32,
+                            reason: judged.reason,
+                            ..Default::default()
+                        });
                     }
                 }
             }
             {
                 let mut view = view.lock().await;
                 view.consumers = consumers;
-                view.open_alerts =
-                    watches.iter().filter_map(|w| w.incident.as_ref().map(|i| i.alert.clone())).collect();
+                view.open_alerts = watches
+                    .iter()
+                    .flat_map(|w| {
+                        w.incident.as_ref().map(|i| i.alert.clone()).into_iter().chain(w.dead_letter_alert.clone())
+                    })
+                    .collect();
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -115,39 +140,29 @@ impl Watcher {
         }
     }
 
+    fn thresholds(&self) -> Thresholds {
+        Thresholds { deadline: self.config.deadline, down_after: self.config.down_after }
+    }
+
     async fn check(&self, watch: &mut ConsumerWatch) -> anyhow::Result<ConsumerHealth> {
         let spec = watch.spec.clone();
-        // The consumer's state is what is read each check; the stream's own
-        // info is not needed, and get_consumer already fetched the consumer's.
-        let stream = self.js.get_stream_no_info(spec.stream).await?;
-        let consumer: jetstream::consumer::PullConsumer =
-            stream.get_consumer(spec.durable).await.map_err(|e| anyhow::anyhow!("consumer {}: {e}", spec.durable))?;
-        let info = consumer.cached_info().clone();
-        let filter = spec.filter_subjects.first().cloned().unwrap_or_else(|| ">".to_string());
-        let backlog = info.num_pending + info.num_ack_pending as u64;
-
-        let oldest_age = if backlog == 0 {
-            None
-        } else {
-            stream
-                .direct_get_next_for_subject(filter.clone(), Some(info.ack_floor.stream_sequence + 1))
-                .await
-                .ok()
-                .map(|message| age_of(message.time))
-        };
-        if info.num_waiting == 0 {
-            watch.no_pullers_since.get_or_insert_with(Instant::now);
-        } else {
-            watch.no_pullers_since = None;
+        let reading = health::read(&self.js, &spec).await?;
+        let judged = health::judge(&reading, &mut watch.history, &self.thresholds(), Instant::now());
+        if reading.dead_letters != watch.dead_letters.count {
+            match dead_letters::summarize(&self.js, spec.durable).await {
+                Ok(summary) => watch.dead_letters = summary,
+                Err(error) => tracing::warn!(consumer = spec.durable, error = %error, "failed to read dead letters"),
+            }
         }
-        let down = watch.no_pullers_since.is_some_and(|since| since.elapsed() >= self.config.down_after);
-        let lagging = oldest_age.is_some_and(|age| age >= self.config.deadline);
-        let oldest_ms = oldest_age.map_or(0, |age| age.as_millis() as i64);
+        let stream = self.js.get_stream_no_info(spec.stream).await?;
+        let filter = spec.filter_subjects.first().cloned().unwrap_or_else(|| ">".to_string());
+        let backlog = reading.backlog();
+        let (down, lagging) = (judged.down, judged.lagging);
+        let oldest_ms = reading.oldest_unprocessed_age.map_or(0, |age| age.as_millis() as i64);
 
         match (&mut watch.incident, down || lagging) {
             (None, true) => {
                 let kind = if down { AlertKind::ConsumerDown } else { AlertKind::ConsumerLagging };
-                let why = if down { "nobody is pulling" } else { "its oldest unprocessed event is late" };
                 let alert = Alert {
                     alert_id: uuid::Uuid::now_v7().to_string(),
                     kind: kind as i32,
@@ -157,10 +172,10 @@ impl Watcher {
                     oldest_unprocessed_age_ms: oldest_ms,
                     raised_at_unix_ms: now_unix_ms(),
                     message: format!(
-                        "consumer {} is {}: {why}; {backlog} events waiting, oldest {:.1} s",
+                        "consumer {} is {}: {}",
                         spec.durable,
                         if down { "down" } else { "lagging" },
-                        oldest_ms as f64 / 1000.0
+                        judged.reason
                     ),
                     ..Default::default()
                 };
@@ -176,7 +191,7 @@ impl Watcher {
                 watch.incident = Some(Incident {
                     alert,
                     started: Instant::now(),
-                    last_examined: info.ack_floor.stream_sequence,
+                    last_examined: reading.ack_floor,
                     late: BTreeSet::new(),
                     reported: 0,
                     unreported: 0,
@@ -192,36 +207,85 @@ impl Watcher {
             }
             (Some(_), false) if backlog == 0 => {
                 if let Some(incident) = watch.incident.take() {
-                    self.recover(&spec, incident).await;
+                    self.recover(&spec, incident, &watch.dead_letters).await;
                 }
             }
             _ => {}
         }
         if let Some(incident) = &mut watch.incident {
             let state = if down { "down" } else { "lagging" };
-            self.report_late(&stream, &spec, &filter, info.ack_floor.stream_sequence, state, incident).await;
+            self.report_late(&stream, &spec, &filter, reading.ack_floor, state, incident).await;
         }
+        self.watch_dead_letters(&spec, &mut watch.dead_letter_alert, &watch.dead_letters).await;
 
-        watch.dead_letters.refresh(&self.js, spec.durable).await;
         Ok(ConsumerHealth {
             stream: spec.stream.to_string(),
             consumer: spec.durable.to_string(),
-            active_pullers: info.num_waiting as u64,
-            pending: info.num_pending,
-            ack_pending: info.num_ack_pending as u64,
+            active_pullers: reading.pullers,
+            pending: reading.pending,
+            ack_pending: reading.ack_pending,
             oldest_unprocessed_age_ms: oldest_ms,
-            redeliveries: redeliveries(&stream, &filter, &info).await,
-            dead_letters: watch.dead_letters.count,
-            dead_letter_reasons: watch.dead_letters.reasons.clone(),
-            state: if down {
-                "down"
-            } else if lagging {
-                "lagging"
-            } else {
-                "ok"
-            }
-            .to_string(),
+            redeliveries: reading.redeliveries,
+            dead_letters: reading.dead_letters,
+            dead_letter_reasons: watch.dead_letters.reasons.clone().into_iter().collect(),
+            health: judged.state as i32,
+            reason: judged.reason,
         })
+    }
+
+    /// Raises one alert when dead letters of a consumer wait, keeps it
+    /// current while they do, and closes it once they are gone.
+    async fn watch_dead_letters(&self, spec: &ConsumerSpec, open: &mut Option<Alert>, summary: &Summary) {
+        let reasons =
+            summary.reasons.iter().map(|(reason, n)| format!("{n} × {reason}")).collect::<Vec<_>>().join("; ");
+        let message = format!(
+            "consumer {} gave up on {} events: {reasons}; after a fix, redrive them with `tracehop replay \
+             --dead-letters --consumer {}`, or drop them with `tracehop discard-dead-letters --consumer {}`",
+            spec.durable, summary.count, spec.durable, spec.durable
+        );
+        match open {
+            None if summary.count > 0 => {
+                let alert = Alert {
+                    alert_id: uuid::Uuid::now_v7().to_string(),
+                    kind: AlertKind::ConsumerDeadLetters as i32,
+                    stream: spec.stream.to_string(),
+                    consumer: spec.durable.to_string(),
+                    raised_at_unix_ms: now_unix_ms(),
+                    dead_letters: summary.count,
+                    dead_letter_reasons: summary.reasons.clone().into_iter().collect(),
+                    message,
+                    ..Default::default()
+                };
+                tracing::warn!(consumer = spec.durable, dead_letters = summary.count, "{}", alert.message);
+                self.publish_alert(&alert).await;
+                *open = Some(alert);
+            }
+            Some(alert) if summary.count > 0 => {
+                // Grouped: one alert per consumer, kept current, not one per
+                // dead letter.
+                alert.dead_letters = summary.count;
+                alert.dead_letter_reasons = summary.reasons.clone().into_iter().collect();
+                alert.message = message;
+            }
+            Some(alert) => {
+                let cleared = Alert {
+                    alert_id: alert.alert_id.clone(),
+                    kind: AlertKind::DeadLettersCleared as i32,
+                    stream: spec.stream.to_string(),
+                    consumer: spec.durable.to_string(),
+                    raised_at_unix_ms: now_unix_ms(),
+                    message: format!(
+                        "consumer {} has no dead letters left (redriven or discarded); there were {}",
+                        spec.durable, alert.dead_letters
+                    ),
+                    ..Default::default()
+                };
+                tracing::info!(consumer = spec.durable, "{}", cleared.message);
+                self.publish_alert(&cleared).await;
+                *open = None;
+            }
+            None => {}
+        }
     }
 
     /// Gives each event that became late since the last check its failure
@@ -284,9 +348,12 @@ impl Watcher {
 
     /// Closes an incident: a recovery alert, and a span linked to the
     /// producers of (some of) the events it processed late.
-    async fn recover(&self, spec: &ConsumerSpec, incident: Incident) {
+    async fn recover(&self, spec: &ConsumerSpec, incident: Incident, dead_letters: &Summary) {
         let duration = incident.started.elapsed();
-        let processed_late = incident.late.len() as u64;
+        // A late event was either processed or given up on: its dead letter
+        // names its sequence.
+        let dead_lettered = incident.late.intersection(&dead_letters.original_sequences).count() as u64;
+        let processed_late = incident.late.len() as u64 - dead_lettered;
         let alert = Alert {
             alert_id: incident.alert.alert_id.clone(),
             kind: AlertKind::ConsumerRecovered as i32,
@@ -296,8 +363,10 @@ impl Watcher {
             raised_at_unix_ms: now_unix_ms(),
             incident_duration_ms: duration.as_millis() as i64,
             processed_late,
+            dead_lettered,
             message: format!(
-                "consumer {} recovered after {:.1} s; {processed_late} events were processed late",
+                "consumer {} recovered after {:.1} s; {processed_late} events were processed late, {dead_lettered} \
+                 were dead-lettered",
                 spec.durable,
                 duration.as_secs_f64()
             ),
@@ -311,6 +380,7 @@ impl Watcher {
             tracehop.incident.id = %alert.alert_id,
             tracehop.incident.duration_ms = alert.incident_duration_ms,
             tracehop.incident.processed_late = processed_late as i64,
+            tracehop.incident.dead_lettered = dead_lettered as i64,
             tracehop.incident.unreported_missed = incident.unreported as i64,
         );
         for producer in incident.producers {
@@ -320,6 +390,7 @@ impl Watcher {
         tracing::info!(
             consumer = spec.durable,
             processed_late,
+            dead_lettered,
             duration_ms = alert.incident_duration_ms,
             "{}",
             alert.message
@@ -334,19 +405,4 @@ impl Watcher {
             tracing::warn!(error = %error, "failed to publish an alert");
         }
     }
-}
-
-/// Deliveries beyond the first since the consumer was created: every
-/// delivery advances the consumer sequence, and every event the filter takes
-/// that is no longer pending was delivered at least once.
-async fn redeliveries(stream: &Stream<()>, filter: &str, info: &jetstream::consumer::Info) -> u64 {
-    use futures::StreamExt as _;
-    let matching = match stream.info_with_subjects(filter.to_string()).await {
-        Ok(subjects) => {
-            subjects.map(|entry| entry.map(|(_, n)| n as u64).unwrap_or(0)).fold(0, |a, n| async move { a + n }).await
-        }
-        Err(_) => return 0,
-    };
-    let delivered_once = matching.saturating_sub(info.num_pending);
-    info.delivered.consumer_sequence.saturating_sub(delivered_once)
 }

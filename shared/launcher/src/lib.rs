@@ -3,7 +3,8 @@
 //! file and its pid in a pid file under the run directory. `tracehop up`,
 //! `down`, `kill`, `start` and the end-to-end tests all go through here.
 //!
-//! - [`SERVICES`]: every service, in start order.
+//! - [`SERVICES`]: every service's name, in start order, from the catalog
+//!   ([`tracehop_messaging::topology::Service`]).
 //! - [`Launcher`]: where the binaries are, where pid files and logs go, and
 //!   the environment every service gets.
 //! - [`prepare`]: what must exist before any service starts (the database,
@@ -18,22 +19,18 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+use tokio::time::{Instant, sleep};
+pub use tracehop_messaging::topology::{SERVICE_NAMES as SERVICES, Service};
 
-/// Every service (the seven of checkout, the sentinel and the keeper), in
-/// the order they start: responders before their callers, the gateway last
-/// so that it is healthy only when the rest is up.
-pub const SERVICES: [&str; 9] =
-    ["inventory", "payment", "order", "loyalty", "notification", "analytics", "sentinel", "keeper", "gateway"];
-
-/// The executable of a service.
+/// The executable of the service called `service`; a name outside the
+/// catalog gets `tracehop-<name>`, which does not exist.
 pub fn binary_name(service: &str) -> String {
-    format!("tracehop-{service}")
+    Service::from_name(service).map_or_else(|| format!("tracehop-{service}"), |s| s.binary().to_string())
 }
 
 /// The folder that holds the workspace's executables, judged from the
@@ -137,8 +134,21 @@ impl Launcher {
         is_service_process(pid, service).then_some(pid)
     }
 
-    /// Stops `service`; returns false when it was not running.
-    pub fn stop(&self, service: &str, mode: StopMode) -> anyhow::Result<bool> {
+    /// Sends SIGKILL to `service` and forgets its pid file, without waiting
+    /// for it to be gone (the caller that started it reaps it); returns its
+    /// pid, or none when it was not running.
+    pub fn kill_now(&self, service: &str) -> Option<u32> {
+        let pid = self.running_pid(service);
+        if let Some(pid) = pid {
+            let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = fs::remove_file(self.pid_path(service));
+        pid
+    }
+
+    /// Stops `service` and waits until it is gone; returns false when it
+    /// was not running.
+    pub async fn stop(&self, service: &str, mode: StopMode) -> anyhow::Result<bool> {
         let Some(pid) = self.running_pid(service) else {
             let _ = fs::remove_file(self.pid_path(service));
             return Ok(false);
@@ -152,7 +162,7 @@ impl Launcher {
                 let _ = signal::kill(target, Signal::SIGTERM);
                 let deadline = Instant::now() + grace;
                 while is_service_process(pid, service) && Instant::now() < deadline {
-                    sleep(Duration::from_millis(50));
+                    sleep(Duration::from_millis(50)).await;
                 }
                 if is_service_process(pid, service) {
                     let _ = signal::kill(target, Signal::SIGKILL);
@@ -161,7 +171,7 @@ impl Launcher {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while is_service_process(pid, service) && Instant::now() < deadline {
-            sleep(Duration::from_millis(20));
+            sleep(Duration::from_millis(20)).await;
         }
         let _ = fs::remove_file(self.pid_path(service));
         Ok(true)

@@ -1,63 +1,47 @@
-//! Readiness: a service is ready when it answers. A responder is probed on
-//! each of its subjects (the probe is answered without running a handler, so
-//! it leaves no span); a consumer is ready when it has a pull request waiting
-//! on its durable; the gateway when `/healthz` says 200.
+//! Readiness: a service is ready when it answers, as the catalog
+//! ([`Service`]) describes it: it is probed on each subject it serves (the
+//! probe is answered without running a handler, so it leaves no span), each
+//! of its durables has a pull request waiting, and a service with an HTTP
+//! probe (the gateway) says 200 on `/healthz`. A name outside the catalog is
+//! never ready.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use async_nats::jetstream;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tracehop_messaging::topology;
-use tracehop_proto::subjects;
+use tracehop_messaging::topology::{ConsumerSpec, Probe, Service};
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The request/reply subjects each responder serves.
+/// The request/reply subjects the service called `service` answers on.
 pub fn subjects_of(service: &str) -> Vec<String> {
-    let fixed: &[&str] = match service {
-        "order" => &[subjects::ORDER_PLACE, subjects::ORDER_GET],
-        "inventory" => &[
-            subjects::INVENTORY_RESERVE,
-            subjects::INVENTORY_COMMIT,
-            subjects::INVENTORY_RELEASE,
-            subjects::INVENTORY_PRICES,
-        ],
-        "payment" => &[subjects::PAYMENT_CHARGE],
-        "analytics" => &[subjects::ANALYTICS_SUMMARY],
-        "sentinel" => &[subjects::SENTINEL_STATUS],
-        "keeper" => &[subjects::KEEPER_STATS],
-        _ => &[],
-    };
-    let mut all: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
-    if matches!(service, "loyalty" | "notification" | "analytics") {
-        all.push(subjects::replay(service));
-    }
-    all
+    Service::from_name(service).map(Service::all_subjects).unwrap_or_default()
 }
 
-/// Whether `service` answers now. `gateway_addr` is used for the gateway.
+/// Whether `service` answers now. `gateway_addr` is used for an HTTP probe.
 pub async fn probe(nats: &async_nats::Client, service: &str, gateway_addr: &str) -> bool {
-    for subject in subjects_of(service) {
+    let Some(service) = Service::from_name(service) else { return false };
+    for subject in service.all_subjects() {
         if !tracehop_messaging::probe(nats, &subject, PROBE_TIMEOUT).await {
             return false;
         }
     }
-    match service {
-        "loyalty" | "notification" | "analytics" | "payment" => consumer_pulling(nats, service).await,
-        "gateway" => gateway_healthy(gateway_addr).await,
-        "order" | "inventory" | "sentinel" | "keeper" => true,
-        _ => false,
+    for spec in service.consumers() {
+        if !consumer_pulling(nats, &spec).await {
+            return false;
+        }
+    }
+    match service.probe() {
+        Probe::Messaging => true,
+        Probe::Http => gateway_healthy(gateway_addr).await,
     }
 }
 
-async fn consumer_pulling(nats: &async_nats::Client, durable: &str) -> bool {
+async fn consumer_pulling(nats: &async_nats::Client, spec: &ConsumerSpec) -> bool {
     let js = jetstream::new(nats.clone());
-    let Ok(stream) = js.get_stream(topology::ORDERS_STREAM).await else { return false };
-    let Ok(mut consumer) = stream.get_consumer::<jetstream::consumer::pull::Config>(durable).await else {
-        return false;
-    };
-    consumer.info().await.is_ok_and(|info| info.num_waiting > 0)
+    let Ok(stream) = js.get_stream_no_info(spec.stream).await else { return false };
+    stream.consumer_info(spec.durable).await.is_ok_and(|info| info.num_waiting > 0)
 }
 
 async fn gateway_healthy(addr: &str) -> bool {

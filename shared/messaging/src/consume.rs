@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
+
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use opentelemetry::trace::TraceContextExt as _;
@@ -22,89 +23,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::headers::{self, MESSAGE_ID, PAYLOAD_TYPE};
 use crate::spans;
-use crate::topology::TopologyError;
-
-/// A durable consumer: which stream, which subjects, and how deliveries are
-/// retried.
-#[derive(Clone, Debug)]
-pub struct ConsumerSpec {
-    pub stream: &'static str,
-    /// The durable name; also `messaging.consumer.group.name` on spans.
-    pub durable: &'static str,
-    pub filter_subjects: Vec<String>,
-    /// How long the server waits for an ack before it redelivers.
-    pub ack_wait: Duration,
-    /// Deliveries before the consumer gives up on a message and dead-letters it.
-    pub max_deliver: i64,
-    /// Messages one process handles at once. 1 keeps stream order, and
-    /// pulls in the client's default batches (200): the handler is a quick
-    /// local transaction, and the batch saves pull round trips. More lets
-    /// one slow message (a mail server that stalls) hold up only its own
-    /// slot; the pull batch is then this many, so that no message waits in
-    /// the client, its ack wait running, for a slot to free.
-    pub max_in_flight: usize,
-}
-
-impl ConsumerSpec {
-    /// A spec with the defaults: 5 deliveries; a consumer that dies with a
-    /// message in hand gets it back after the 10 s ack wait. Failed
-    /// deliveries back off through the nak delay ([`ConsumerSpec::retry_delay`]),
-    /// not through the server's `backoff` list: nats-server 2.9 applies that
-    /// list to explicit naks too, overriding their delay.
-    pub fn new(stream: &'static str, durable: &'static str, filter_subjects: Vec<String>) -> Self {
-        Self { stream, durable, filter_subjects, ack_wait: Duration::from_secs(10), max_deliver: 5, max_in_flight: 1 }
-    }
-
-    /// The same consumer, handling up to `max_in_flight` messages at once
-    /// (at least one).
-    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
-        self.max_in_flight = max_in_flight.max(1);
-        self
-    }
-
-    /// The server-side configuration. No `inactive_threshold`: the server
-    /// must never delete a durable whose service is down.
-    pub fn config(&self) -> consumer::pull::Config {
-        consumer::pull::Config {
-            durable_name: Some(self.durable.to_string()),
-            description: Some(format!("tracehop {} consumer", self.durable)),
-            // nats-server 2.9 ignores `filter_subjects` (plural): one subject
-            // goes in `filter_subject`, which every server version honours.
-            filter_subject: match self.filter_subjects.as_slice() {
-                [one] => one.clone(),
-                _ => String::new(),
-            },
-            filter_subjects: if self.filter_subjects.len() > 1 { self.filter_subjects.clone() } else { Vec::new() },
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
-            deliver_policy: consumer::DeliverPolicy::All,
-            max_ack_pending: 1000,
-            ..Default::default()
-        }
-    }
-
-    /// Creates the durable consumer if it is missing, or brings its
-    /// configuration in line with this spec.
-    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), TopologyError> {
-        let stream = js
-            .get_stream(self.stream)
-            .await
-            .map_err(|e| TopologyError(format!("stream {} is missing: {e}", self.stream)))?;
-        stream
-            .create_consumer(self.config())
-            .await
-            .map_err(|e| TopologyError(format!("failed to create consumer {}: {e}", self.durable)))?;
-        Ok(())
-    }
-
-    /// The nak delay after a failed delivery: 0.5 s, doubling with each
-    /// delivery (0.5, 1, 2, 4 s with the default 5 deliveries).
-    pub fn retry_delay(&self, delivery_count: i64) -> Duration {
-        let exponent = delivery_count.clamp(1, 6) as u32 - 1;
-        Duration::from_millis(500 * 2u64.pow(exponent))
-    }
-}
+use crate::topology::{ConsumerSpec, TopologyError};
 
 /// One decoded delivery, handed to the consumer's handler.
 #[derive(Clone, Debug)]
@@ -118,15 +37,45 @@ pub struct Delivery<E> {
     pub stream_sequence: u64,
 }
 
-/// How the handler failed.
+/// Any error, kept whole so that its chain of sources survives.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A message for people (free of data) with the error that caused it, kept
+/// as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub message: String,
+    #[source]
+    pub source: BoxError,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self { message: message.into(), source: source.into() }
+    }
+}
+
+/// How the handler failed. Each wraps the handler's own error (a `String`
+/// converts with `.into()`), so that its sources are kept.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     /// A passing failure (database down): the message is delivered again later.
-    #[error("{0}")]
-    Retry(String),
+    #[error(transparent)]
+    Retry(BoxError),
     /// The message can never succeed: it is dead-lettered at once, not retried.
-    #[error("{0}")]
-    Reject(String),
+    #[error(transparent)]
+    Reject(BoxError),
+}
+
+impl ProcessError {
+    /// The reason for spans and dead letters: the error's own message
+    /// only. Handlers word their errors free of data, while a source (a
+    /// database error quoting a row) may not be; it stays reachable through
+    /// [`std::error::Error::source`] for whoever needs it.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
 }
 
 /// Largest event payload a consumer decodes; a bigger one is dead-lettered.
@@ -288,15 +237,15 @@ where
     let last_attempt = delivery_count >= spec.max_deliver;
     let ack = match &outcome {
         Ok(()) => AckKind::Ack,
-        Err(ProcessError::Retry(reason)) if !last_attempt => {
-            record_failure(&span, "retry", reason);
+        Err(error @ ProcessError::Retry(_)) if !last_attempt => {
+            record_failure(&span, "retry", &error.reason());
             AckKind::Nak(Some(spec.retry_delay(delivery_count)))
         }
         Err(error) => {
             let (error_type, reason) = match error {
-                ProcessError::Reject(reason) => ("rejected", reason.clone()),
-                ProcessError::Retry(reason) => {
-                    ("max_deliveries", format!("gave up after {delivery_count} deliveries: {reason}"))
+                ProcessError::Reject(_) => ("rejected", error.reason()),
+                ProcessError::Retry(_) => {
+                    ("max_deliveries", format!("gave up after {delivery_count} deliveries: {}", error.reason()))
                 }
             };
             record_failure(&span, error_type, &reason);
@@ -358,17 +307,16 @@ pub(crate) fn decode_event<E: prost::Message + Name + Default>(
 ) -> Result<E, ProcessError> {
     let expected_type = E::full_name();
     if message.payload.len() > MAX_EVENT_BYTES {
-        return Err(ProcessError::Reject(format!(
-            "payload of {} bytes is over the limit of {MAX_EVENT_BYTES}",
-            message.payload.len()
-        )));
+        return Err(ProcessError::Reject(
+            format!("payload of {} bytes is over the limit of {MAX_EVENT_BYTES}", message.payload.len()).into(),
+        ));
     }
     match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
         Some(actual) if actual != expected_type => {
-            Err(ProcessError::Reject(format!("payload type {actual} is not {expected_type}")))
+            Err(ProcessError::Reject(format!("payload type {actual} is not {expected_type}").into()))
         }
         _ => E::decode(message.payload.as_ref())
-            .map_err(|_| ProcessError::Reject(format!("payload is not a valid {expected_type}"))),
+            .map_err(|_| ProcessError::Reject(format!("payload is not a valid {expected_type}").into())),
     }
 }
 
@@ -454,20 +402,20 @@ pub async fn store_dead_letter(
         }
     }
     let result = async {
-        let ack = js.publish_with_headers(subject.clone(), dead, letter.payload.clone()).await.map_err(|e| {
-            crate::PublishError::Send { subject: subject.clone(), event_id: original_id.clone(), reason: e.to_string() }
+        let ack = js.publish_with_headers(subject.clone(), dead, letter.payload.clone()).await.map_err(|source| {
+            crate::PublishError::Send { subject: subject.clone(), event_id: original_id.clone(), source }
         })?;
-        ack.await.map_err(|e| crate::PublishError::Ack {
+        ack.await.map_err(|source| crate::PublishError::Ack {
             subject: subject.clone(),
             event_id: original_id.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(())
     }
     .instrument(span.clone())
     .await;
     if let Err(error) = &result {
-        tracing::error!(parent: &span, consumer = letter.consumer, error = %error, "failed to store a dead letter; it stays in the stream");
+        tracing::error!(parent: &span, consumer = letter.consumer, error = %tracehop_telemetry::error_chain(error), "failed to store a dead letter; it stays in the stream");
     }
     result
 }

@@ -12,7 +12,12 @@
 //!   (PRODUCER span) that waits for the stream's ack.
 //! - [`consume`]: [`consume::run_consumer`], a traced durable consumer
 //!   (CONSUMER span per delivery, parented by and linked to the producer).
-//! - [`topology`]: the streams and durable consumers the system expects.
+//! - [`topology`]: the one catalog: every service (its binary, subjects,
+//!   durable consumers, replayability, instances) and the streams.
+//! - [`health`]: [`health::judge`], the one judgement of a consumer's health
+//!   from JetStream's state over time, used by the sentinel and `status`.
+//! - [`dead_letters`]: what a consumer's dead letters are (count, reasons)
+//!   and how they are discarded.
 //! - [`replay`]: [`replay::serve`], a consumer's service replaying the stream
 //!   (or redriving its dead letters) through its own handler, in CONSUMER
 //!   spans marked as replays; [`replay::call`] asks for one.
@@ -21,7 +26,9 @@
 //!   letter of the specifications.
 
 pub mod consume;
+pub mod dead_letters;
 pub mod headers;
+pub mod health;
 pub mod publish;
 pub mod replay;
 pub mod request;
@@ -31,12 +38,13 @@ pub mod topology;
 pub mod w3c;
 
 pub use consume::{
-    ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, run_consumer_pausable, store_dead_letter,
+    BoxError, DeadLetter, Delivery, Failure, ProcessError, run_consumer, run_consumer_pausable, store_dead_letter,
 };
 pub use publish::{PublishError, publish_event};
 pub use replay::{Outcome, Projection, ProjectionError, ResetError, run_projection, run_projection_pausable};
 pub use request::{RequestError, probe, request, request_reply};
 pub use serve::{Responder, Withhold, serve};
+pub use topology::{ConsumerSpec, Service};
 
 pub use async_nats;
 

@@ -13,10 +13,20 @@ use crate::spans;
 /// published again (the message id makes that safe).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("failed to send event {event_id} on {subject}: {reason}")]
-    Send { subject: String, event_id: String, reason: String },
-    #[error("the stream did not acknowledge event {event_id} on {subject}: {reason}")]
-    Ack { subject: String, event_id: String, reason: String },
+    #[error("failed to send event {event_id} on {subject}")]
+    Send {
+        subject: String,
+        event_id: String,
+        #[source]
+        source: jetstream::context::PublishError,
+    },
+    #[error("the stream did not acknowledge event {event_id} on {subject}")]
+    Ack {
+        subject: String,
+        event_id: String,
+        #[source]
+        source: jetstream::context::PublishError,
+    },
 }
 
 /// What the stream said about a stored event.
@@ -60,18 +70,14 @@ pub async fn publish_event(
         headers::inject(&tracing::Span::current().context(), &mut message_headers);
         message_headers.insert(MESSAGE_ID, event_id);
         message_headers.insert(PAYLOAD_TYPE, payload_type);
-        let pending: PublishAckFuture = js
-            .publish_with_headers(subject.to_string(), message_headers, payload.into())
-            .await
-            .map_err(|error| PublishError::Send {
-                subject: subject.to_string(),
-                event_id: event_id.to_string(),
-                reason: error.to_string(),
+        let pending: PublishAckFuture =
+            js.publish_with_headers(subject.to_string(), message_headers, payload.into()).await.map_err(|source| {
+                PublishError::Send { subject: subject.to_string(), event_id: event_id.to_string(), source }
             })?;
-        let ack = pending.await.map_err(|error| PublishError::Ack {
+        let ack = pending.await.map_err(|source| PublishError::Ack {
             subject: subject.to_string(),
             event_id: event_id.to_string(),
-            reason: error.to_string(),
+            source,
         })?;
         Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
     }
@@ -82,7 +88,7 @@ pub async fn publish_event(
             span.record("messaging.nats.stream.sequence", published.sequence as i64);
             span.record("messaging.nats.duplicate", published.duplicate);
         }
-        Err(error) => record_failure(&span, "publish_failed", &error.to_string()),
+        Err(error) => record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(error)),
     }
     result
 }

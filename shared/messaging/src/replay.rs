@@ -45,13 +45,16 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use tracehop_proto::v1::replay_request::Mode as WireMode;
+use tracehop_proto::v1::{Rebuild, RedriveDeadLetters};
 pub use tracehop_proto::v1::{ReplayProgress, ReplayReply, ReplayRequest};
 
-use crate::consume::{ConsumerSpec, Delivery, ProcessError, consumer_span, decode_event};
+use crate::consume::{Delivery, ProcessError, consumer_span, decode_event};
 use crate::headers::{self, MESSAGE_ID};
 use crate::request::{RequestError, request_reply};
 use crate::serve::Responder;
 use crate::spans;
+use crate::topology::ConsumerSpec;
 use crate::topology::{DEAD_LETTER_STREAM, dead_letter_subject};
 
 /// Progress is published after every this many messages.
@@ -80,15 +83,86 @@ impl Outcome {
     }
 }
 
+/// What a replay request asks for, validated once, where the request is
+/// received ([`Mode::of`]); a caller builds a valid one with
+/// [`Mode::request`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Replay the stream from this sequence (1 or more).
+    FromSequence(u64),
+    /// Replay the events stored within this long (more than zero).
+    Since(Duration),
+    /// Reset the projection, then replay the whole stream into it.
+    Rebuild,
+    /// Redrive the consumer's dead letters.
+    Redrive,
+}
+
+/// Why a replay request is not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("the request names no consumer")]
+    NoConsumer,
+    #[error("the request says neither where to start nor to rebuild or redrive")]
+    NoMode,
+    #[error("stream sequences start at 1, not 0")]
+    SequenceZero,
+    #[error("a replay window must be longer than zero")]
+    EmptyWindow,
+}
+
+impl Mode {
+    /// The validated mode of `request`.
+    pub fn of(request: &ReplayRequest) -> Result<Mode, InvalidRequest> {
+        if request.consumer.trim().is_empty() {
+            return Err(InvalidRequest::NoConsumer);
+        }
+        match request.mode {
+            None => Err(InvalidRequest::NoMode),
+            Some(WireMode::FromSeq(0)) => Err(InvalidRequest::SequenceZero),
+            Some(WireMode::FromSeq(sequence)) => Ok(Mode::FromSequence(sequence)),
+            Some(WireMode::SinceMs(0)) => Err(InvalidRequest::EmptyWindow),
+            Some(WireMode::SinceMs(ms)) => Ok(Mode::Since(Duration::from_millis(ms))),
+            Some(WireMode::Rebuild(_)) => Ok(Mode::Rebuild),
+            Some(WireMode::DeadLetters(_)) => Ok(Mode::Redrive),
+        }
+    }
+
+    /// The request for `consumer`'s service.
+    pub fn request(self, consumer: &str) -> ReplayRequest {
+        let mode = match self {
+            Mode::FromSequence(sequence) => WireMode::FromSeq(sequence),
+            Mode::Since(window) => WireMode::SinceMs(window.as_millis().min(u128::from(u64::MAX)) as u64),
+            Mode::Rebuild => WireMode::Rebuild(Rebuild {}),
+            Mode::Redrive => WireMode::DeadLetters(RedriveDeadLetters {}),
+        };
+        ReplayRequest { consumer: consumer.to_string(), mode: Some(mode), progress_subject: String::new() }
+    }
+
+    /// `replay`, `rebuild` or `redrive`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::FromSequence(_) | Mode::Since(_) => "replay",
+            Mode::Rebuild => "rebuild",
+            Mode::Redrive => "redrive",
+        }
+    }
+}
+
 /// Why a projection was not reset.
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
     /// This consumer cannot be rebuilt; the message says why (for people).
     #[error("{0}")]
     Refused(String),
-    /// The reset failed and changed nothing; the message is free of data.
-    #[error("{0}")]
-    Failed(String),
+    /// The reset failed and changed nothing. The message is free of data
+    /// and is what the caller is told; the source is kept for the logs.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        #[source]
+        source: crate::BoxError,
+    },
 }
 
 /// A consumer's handler and state, as replay and redrive use them.
@@ -247,16 +321,18 @@ struct Replayer<P> {
     shutdown: CancellationToken,
 }
 
-/// Where a walk through a stream starts.
-fn deliver_policy(request: &ReplayRequest) -> Result<consumer::DeliverPolicy, WireError> {
-    if request.since_ms > 0 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-        let start = now - i128::from(request.since_ms) * 1_000_000;
-        let start_time = async_nats::datetime::from_nanos(start.max(0))
-            .map_err(|_| invalid("since_ms is out of range".to_string()))?;
-        Ok(consumer::DeliverPolicy::ByStartTime { start_time })
-    } else {
-        Ok(consumer::DeliverPolicy::ByStartSequence { start_sequence: request.from_seq.max(1) })
+/// Where a walk through the stream starts.
+fn deliver_policy(mode: Mode) -> Result<consumer::DeliverPolicy, WireError> {
+    match mode {
+        Mode::Since(window) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
+            let start = now - window.as_nanos().min(i128::MAX as u128) as i128;
+            let start_time = async_nats::datetime::from_nanos(start.max(0))
+                .map_err(|_| invalid("the replay window is out of range".to_string()))?;
+            Ok(consumer::DeliverPolicy::ByStartTime { start_time })
+        }
+        Mode::FromSequence(sequence) => Ok(consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence }),
+        Mode::Rebuild | Mode::Redrive => Ok(consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 }),
     }
 }
 
@@ -274,13 +350,13 @@ fn record_outcome(span: &tracing::Span, result: &Result<Outcome, ProcessError>) 
         Ok(outcome) => {
             span.record("tracehop.replay.outcome", outcome.as_str());
         }
-        Err(ProcessError::Retry(reason)) => {
+        Err(error @ ProcessError::Retry(_)) => {
             span.record("tracehop.replay.outcome", "failed");
-            record_failure(span, "retry", reason);
+            record_failure(span, "retry", &error.reason());
         }
-        Err(ProcessError::Reject(reason)) => {
+        Err(error @ ProcessError::Reject(_)) => {
             span.record("tracehop.replay.outcome", "rejected");
-            record_failure(span, "rejected", reason);
+            record_failure(span, "rejected", &error.reason());
         }
     }
 }
@@ -346,46 +422,36 @@ async fn next_message(messages: &mut consumer::pull::Ordered, shutdown: &Cancell
 impl<P: Projection> Replayer<P> {
     async fn handle(self, request: ReplayRequest) -> Result<ReplayReply, WireError> {
         let durable = self.spec.durable;
+        let mode = Mode::of(&request).map_err(|error| invalid(error.to_string()))?;
         if request.consumer != durable {
             return Err(invalid(format!("this is the {durable} service; it cannot replay {:?}", request.consumer)));
         }
-        if request.dead_letters {
-            if request.rebuild || request.from_seq > 0 || request.since_ms > 0 {
-                return Err(invalid(
-                    "a redrive takes every dead letter of the consumer: leave out --rebuild, --from-seq and --since"
-                        .to_string(),
-                ));
-            }
-            return self.traced("redrive", request).await;
-        }
-        if request.rebuild && (request.from_seq > 1 || request.since_ms > 0) {
-            return Err(invalid(
-                "a rebuild replays the whole stream, from sequence 1: leave out --since, or use --from-seq 1"
-                    .to_string(),
-            ));
-        }
-        if request.from_seq > 0 && request.since_ms > 0 {
-            return Err(invalid("give either a start sequence or a duration, not both".to_string()));
-        }
-        self.traced("replay", request).await
+        self.traced(mode, request).await
     }
 
     /// A root span of a new trace, linked to the request's SERVER span so
     /// that the one leads to the other.
-    fn root_span(&self, operation: &str, request: &ReplayRequest) -> tracing::Span {
+    fn root_span(&self, mode: Mode) -> tracing::Span {
         let durable = self.spec.durable;
+        let (from_seq, since_ms) = match mode {
+            Mode::FromSequence(sequence) => (sequence as i64, 0),
+            Mode::Since(window) => (0, window.as_millis() as i64),
+            Mode::Rebuild => (1, 0),
+            Mode::Redrive => (0, 0),
+        };
         let root = tracing::info_span!(
             parent: None,
             "tracehop.replay",
-            otel.name = %format!("{operation} {durable}"),
+            // A rebuild is a replay with a reset first: `replay <consumer>`.
+            otel.name = %format!("{} {durable}", if mode == Mode::Redrive { "redrive" } else { "replay" }),
             otel.kind = "internal",
             messaging.system = spans::SYSTEM,
             messaging.consumer.group.name = durable,
-            tracehop.replay = !request.dead_letters,
-            tracehop.redrive = request.dead_letters,
-            tracehop.replay.rebuild = request.rebuild,
-            tracehop.replay.from_seq = request.from_seq as i64,
-            tracehop.replay.since_ms = request.since_ms as i64,
+            tracehop.replay = mode != Mode::Redrive,
+            tracehop.redrive = mode == Mode::Redrive,
+            tracehop.replay.rebuild = mode == Mode::Rebuild,
+            tracehop.replay.from_seq = from_seq,
+            tracehop.replay.since_ms = since_ms,
             tracehop.replay.total = Empty,
             tracehop.replay.scanned = Empty,
             tracehop.replay.applied = Empty,
@@ -450,21 +516,29 @@ impl<P: Projection> Replayer<P> {
 
     /// Runs a replay or a redrive under its root span, which is marked
     /// failed when it fails.
-    async fn traced(self, operation: &str, request: ReplayRequest) -> Result<ReplayReply, WireError> {
-        let root = self.root_span(operation, &request);
-        let result =
-            if request.dead_letters { self.redrive(&root, &request).await } else { self.replay(&root, &request).await };
+    async fn traced(self, mode: Mode, request: ReplayRequest) -> Result<ReplayReply, WireError> {
+        let root = self.root_span(mode);
+        let result = if mode == Mode::Redrive {
+            self.redrive(&root, &request).await
+        } else {
+            self.replay(&root, &request, mode).await
+        };
         if let Err(error) = &result {
             record_failure(&root, error.kind().short_name(), &error.message);
         }
         result
     }
 
-    async fn replay(&self, root: &tracing::Span, request: &ReplayRequest) -> Result<ReplayReply, WireError> {
+    async fn replay(
+        &self,
+        root: &tracing::Span,
+        request: &ReplayRequest,
+        mode: Mode,
+    ) -> Result<ReplayReply, WireError> {
         let started = Instant::now();
         let durable = self.spec.durable;
         let mut rebuilt = false;
-        if request.rebuild {
+        if mode == Mode::Rebuild {
             // A rebuild must see every event the projection was made from.
             let stream = self
                 .js
@@ -485,8 +559,14 @@ impl<P: Projection> Replayer<P> {
             if let Err(error) = self.projection.reset().instrument(reset_span.clone()).await {
                 let (code, error_type) = match &error {
                     ResetError::Refused(_) => (ErrorCode::InvalidArgument, "refused"),
-                    ResetError::Failed(_) => (ErrorCode::Unavailable, "reset_failed"),
+                    ResetError::Failed { .. } => (ErrorCode::Unavailable, "reset_failed"),
                 };
+                tracing::warn!(
+                    parent: &reset_span,
+                    consumer = durable,
+                    error = %tracehop_telemetry::error_chain(&error),
+                    "projection not reset"
+                );
                 record_failure(&reset_span, error_type, &error.to_string());
                 return Err(WireError::new(code, error.to_string()));
             }
@@ -496,7 +576,7 @@ impl<P: Projection> Replayer<P> {
 
         let config = self.spec.config();
         let walked =
-            walk(&self.js, self.spec.stream, (config.filter_subject, config.filter_subjects), deliver_policy(request)?)
+            walk(&self.js, self.spec.stream, (config.filter_subject, config.filter_subjects), deliver_policy(mode)?)
                 .instrument(root.clone())
                 .await?;
         Ok(self

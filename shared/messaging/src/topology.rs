@@ -1,13 +1,327 @@
-//! The streams and durable consumers the system expects. `tracehop up` and
-//! the tests create them all before any service starts, so that events wait
+//! The one catalog of the system: every service, the executable it runs
+//! as, the request/reply subjects it serves, the durable consumers it owns,
+//! whether its consumer can be replayed and whether it must run once; plus
+//! the streams those consumers read. `tracehop up` and the tests create the
+//! streams and every durable before any service starts, so that events wait
 //! for a consumer that is down instead of being missed.
+//!
+//! Everything else derives from here: the launcher's start order and
+//! readiness probes, `tracehop status`, replay's list of replayable
+//! consumers, the sentinel's expected consumers and each crate's `SERVICE`
+//! name. A new service is a new [`Service`] variant; every `match` on it
+//! then fails to compile until the service is described, and the tests
+//! below fail when it is missing from [`Service::ALL`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, stream};
+use futures::TryStreamExt as _;
 
-use crate::consume::ConsumerSpec;
 use tracehop_proto::subjects;
+
+/// Every service of the system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Inventory,
+    Payment,
+    Order,
+    Loyalty,
+    Notification,
+    Analytics,
+    Sentinel,
+    Keeper,
+    Gateway,
+}
+
+/// How many copies of a service may run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instances {
+    /// Exactly one: it does work that must happen once (the outbox relay
+    /// and crash resolver of order, the sentinel's alerts).
+    Single,
+    /// Any number: requests and deliveries are shared among them.
+    Many,
+}
+
+/// How a service shows that it is ready, beyond answering on its subjects
+/// and pulling on its durables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Its subjects and durables say it all.
+    Messaging,
+    /// It also serves HTTP, and `/healthz` must say 200.
+    Http,
+}
+
+impl Service {
+    /// Every service in the order they start: responders before their
+    /// callers, the gateway last so that it is healthy only when the rest
+    /// is up.
+    pub const ALL: [Service; 9] = [
+        Service::Inventory,
+        Service::Payment,
+        Service::Order,
+        Service::Loyalty,
+        Service::Notification,
+        Service::Analytics,
+        Service::Sentinel,
+        Service::Keeper,
+        Service::Gateway,
+    ];
+
+    /// The name people and `service.name` use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Service::Inventory => "inventory",
+            Service::Payment => "payment",
+            Service::Order => "order",
+            Service::Loyalty => "loyalty",
+            Service::Notification => "notification",
+            Service::Analytics => "analytics",
+            Service::Sentinel => "sentinel",
+            Service::Keeper => "keeper",
+            Service::Gateway => "gateway",
+        }
+    }
+
+    /// The executable the service runs as.
+    pub const fn binary(self) -> &'static str {
+        match self {
+            Service::Inventory => "tracehop-inventory",
+            Service::Payment => "tracehop-payment",
+            Service::Order => "tracehop-order",
+            Service::Loyalty => "tracehop-loyalty",
+            Service::Notification => "tracehop-notification",
+            Service::Analytics => "tracehop-analytics",
+            Service::Sentinel => "tracehop-sentinel",
+            Service::Keeper => "tracehop-keeper",
+            Service::Gateway => "tracehop-gateway",
+        }
+    }
+
+    /// The request/reply subjects it serves (its replay subject aside: see
+    /// [`Service::replay_subject`]).
+    pub const fn serves(self) -> &'static [&'static str] {
+        match self {
+            Service::Inventory => &[
+                subjects::INVENTORY_RESERVE,
+                subjects::INVENTORY_COMMIT,
+                subjects::INVENTORY_RELEASE,
+                subjects::INVENTORY_PRICES,
+            ],
+            Service::Payment => &[subjects::PAYMENT_CHARGE],
+            Service::Order => &[subjects::ORDER_PLACE, subjects::ORDER_GET],
+            Service::Analytics => &[subjects::ANALYTICS_SUMMARY],
+            Service::Sentinel => &[subjects::SENTINEL_STATUS],
+            Service::Keeper => &[subjects::KEEPER_STATS],
+            Service::Loyalty | Service::Notification | Service::Gateway => &[],
+        }
+    }
+
+    /// The durable consumers it owns.
+    pub fn consumers(self) -> Vec<ConsumerSpec> {
+        let durable = self.name();
+        match self {
+            // Points for confirmed orders only.
+            Service::Loyalty => vec![ConsumerSpec::new(ORDERS_STREAM, durable, &[subjects::ORDER_CONFIRMED])],
+            // A mail about every decided order.
+            Service::Notification => vec![ConsumerSpec::new(ORDERS_STREAM, durable, &["orders.>"])],
+            // Every order event, recorded.
+            Service::Analytics => vec![ConsumerSpec::new(ORDERS_STREAM, durable, &["orders.>"])],
+            // Voids or refunds the charge of every failed order, so that a
+            // charge whose outcome was unknown when the order failed is
+            // settled.
+            Service::Payment => vec![ConsumerSpec::new(ORDERS_STREAM, durable, &[subjects::ORDER_FAILED])],
+            // The keeper reads the span feed through durables of its own,
+            // one per partition; they are telemetry's, not the checkout's.
+            Service::Inventory | Service::Order | Service::Sentinel | Service::Keeper | Service::Gateway => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Whether its consumer answers `svc.<name>.replay`: the stream again
+    /// through its handler, and the redrive of its dead letters.
+    pub const fn replayable(self) -> bool {
+        match self {
+            Service::Loyalty | Service::Notification | Service::Analytics => true,
+            // Payment's consumer settles charges with the card processor:
+            // running it again is not a projection rebuild but money moving.
+            Service::Payment => false,
+            Service::Inventory | Service::Order | Service::Sentinel | Service::Keeper | Service::Gateway => false,
+        }
+    }
+
+    /// Whether it must run once or may run many times.
+    pub const fn instances(self) -> Instances {
+        match self {
+            Service::Order | Service::Sentinel => Instances::Single,
+            Service::Inventory
+            | Service::Payment
+            | Service::Loyalty
+            | Service::Notification
+            | Service::Analytics
+            // Several keepers split the feed by partition (KEEPER_INSTANCES).
+            | Service::Keeper
+            | Service::Gateway => Instances::Many,
+        }
+    }
+
+    /// How readiness is judged beyond subjects and durables.
+    pub const fn probe(self) -> Probe {
+        match self {
+            Service::Gateway => Probe::Http,
+            _ => Probe::Messaging,
+        }
+    }
+
+    /// `svc.<name>.replay` when the service is replayable.
+    pub fn replay_subject(self) -> Option<String> {
+        self.replayable().then(|| subjects::replay(self.name()))
+    }
+
+    /// Every subject it answers on: what it serves plus its replay subject.
+    pub fn all_subjects(self) -> Vec<String> {
+        self.serves().iter().map(|s| s.to_string()).chain(self.replay_subject()).collect()
+    }
+
+    /// The service called `name`.
+    pub fn from_name(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|service| service.name() == name)
+    }
+
+    /// The service that owns the durable consumer `durable`.
+    pub fn owning(durable: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|service| service.consumers().iter().any(|spec| spec.durable == durable))
+    }
+
+    /// The names of every replayable service, for messages.
+    pub fn replayable_names() -> Vec<&'static str> {
+        Service::ALL.into_iter().filter(|s| s.replayable()).map(Service::name).collect()
+    }
+}
+
+/// The names of [`Service::ALL`], in start order.
+pub const SERVICE_NAMES: [&str; Service::ALL.len()] = {
+    let mut names = [""; Service::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Service::ALL[i].name();
+        i += 1;
+    }
+    names
+};
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is no service of the catalog.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown service {name:?}; valid services: {}", SERVICE_NAMES.join(", "))]
+pub struct UnknownService {
+    pub name: String,
+}
+
+impl std::str::FromStr for Service {
+    type Err = UnknownService;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Service::from_name(name).ok_or_else(|| UnknownService { name: name.to_string() })
+    }
+}
+
+/// A durable consumer: which stream, which subjects, and how deliveries are
+/// retried.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    /// The durable name; also `messaging.consumer.group.name` on spans.
+    pub durable: &'static str,
+    pub filter_subjects: Vec<String>,
+    /// How long the server waits for an ack before it redelivers.
+    pub ack_wait: Duration,
+    /// Deliveries before the consumer gives up on a message and dead-letters it.
+    pub max_deliver: i64,
+    /// Messages one process handles at once. 1 keeps stream order, and
+    /// pulls in the client's default batches (200): the handler is a quick
+    /// local transaction, and the batch saves pull round trips. More lets
+    /// one slow message (a mail server that stalls) hold up only its own
+    /// slot; the pull batch is then this many, so that no message waits in
+    /// the client, its ack wait running, for a slot to free.
+    pub max_in_flight: usize,
+}
+
+impl ConsumerSpec {
+    /// A spec with the defaults: 5 deliveries; a consumer that dies with a
+    /// message in hand gets it back after the 10 s ack wait. Failed
+    /// deliveries back off through the nak delay ([`ConsumerSpec::retry_delay`]),
+    /// not through the server's `backoff` list: nats-server 2.9 applies that
+    /// list to explicit naks too, overriding their delay.
+    pub fn new(stream: &'static str, durable: &'static str, filter_subjects: &[&str]) -> Self {
+        Self {
+            stream,
+            durable,
+            filter_subjects: filter_subjects.iter().map(|s| s.to_string()).collect(),
+            ack_wait: Duration::from_secs(10),
+            max_deliver: 5,
+            max_in_flight: 1,
+        }
+    }
+
+    /// The same consumer, handling up to `max_in_flight` messages at once
+    /// (at least one).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// The server-side configuration. No `inactive_threshold`: the server
+    /// must never delete a durable whose service is down.
+    pub fn config(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.durable.to_string()),
+            description: Some(format!("tracehop {} consumer", self.durable)),
+            // nats-server 2.9 ignores `filter_subjects` (plural): one subject
+            // goes in `filter_subject`, which every server version honours.
+            filter_subject: match self.filter_subjects.as_slice() {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
+            filter_subjects: if self.filter_subjects.len() > 1 { self.filter_subjects.clone() } else { Vec::new() },
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            deliver_policy: consumer::DeliverPolicy::All,
+            max_ack_pending: 1000,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the durable consumer if it is missing, or brings its
+    /// configuration in line with this spec.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), TopologyError> {
+        let stream = js
+            .get_stream(self.stream)
+            .await
+            .map_err(|source| TopologyError::StreamMissing { stream: self.stream, source })?;
+        stream
+            .create_consumer(self.config())
+            .await
+            .map_err(|source| TopologyError::Consumer { consumer: self.durable, source })?;
+        Ok(())
+    }
+
+    /// The nak delay after a failed delivery: 0.5 s, doubling with each
+    /// delivery (0.5, 1, 2, 4 s with the default 5 deliveries).
+    pub fn retry_delay(&self, delivery_count: i64) -> Duration {
+        let exponent = delivery_count.clamp(1, 6) as u32 - 1;
+        Duration::from_millis(500 * 2u64.pow(exponent))
+    }
+}
 
 /// The stream of order events (`orders.confirmed`, `orders.failed`).
 pub const ORDERS_STREAM: &str = "ORDERS";
@@ -56,30 +370,38 @@ pub fn dead_letter_stream_config() -> stream::Config {
     }
 }
 
-/// Loyalty accrues points for confirmed orders only.
+/// Loyalty's durable consumer.
 pub fn loyalty_consumer() -> ConsumerSpec {
-    ConsumerSpec::new(ORDERS_STREAM, "loyalty", vec![subjects::ORDER_CONFIRMED.to_string()])
+    only_consumer(Service::Loyalty)
 }
 
-/// Notification mails the customer about every decided order.
+/// Notification's durable consumer.
 pub fn notification_consumer() -> ConsumerSpec {
-    ConsumerSpec::new(ORDERS_STREAM, "notification", vec!["orders.>".to_string()])
+    only_consumer(Service::Notification)
 }
 
-/// Analytics records every order event.
+/// Analytics' durable consumer.
 pub fn analytics_consumer() -> ConsumerSpec {
-    ConsumerSpec::new(ORDERS_STREAM, "analytics", vec!["orders.>".to_string()])
+    only_consumer(Service::Analytics)
 }
 
-/// Payment voids or refunds the charge of every failed order, so that a
-/// charge whose outcome was unknown when the order failed is settled.
+/// Payment's durable consumer.
 pub fn payment_consumer() -> ConsumerSpec {
-    ConsumerSpec::new(ORDERS_STREAM, "payment", vec![subjects::ORDER_FAILED.to_string()])
+    only_consumer(Service::Payment)
 }
 
-/// Every consumer that must process the order events.
+fn only_consumer(service: Service) -> ConsumerSpec {
+    match service.consumers().as_slice() {
+        [one] => one.clone(),
+        // The catalog above gives each of these services exactly one; the
+        // tests check it.
+        other => unreachable!("{service} owns {} durable consumers, not one", other.len()),
+    }
+}
+
+/// Every consumer that must process the streams' events, in service order.
 pub fn expected_consumers() -> Vec<ConsumerSpec> {
-    vec![loyalty_consumer(), notification_consumer(), analytics_consumer(), payment_consumer()]
+    Service::ALL.into_iter().flat_map(Service::consumers).collect()
 }
 
 /// Creates or updates the ORDERS stream.
@@ -90,19 +412,104 @@ pub async fn ensure_orders_stream(js: &jetstream::Context) -> Result<(), jetstre
 /// Creates the ORDERS and DEADLETTER streams and every expected durable
 /// consumer.
 pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
-    ensure_orders_stream(js)
-        .await
-        .map_err(|e| TopologyError(format!("failed to create stream {ORDERS_STREAM}: {e}")))?;
+    ensure_orders_stream(js).await.map_err(|source| TopologyError::Stream { stream: ORDERS_STREAM, source })?;
     js.create_or_update_stream(dead_letter_stream_config())
         .await
-        .map_err(|e| TopologyError(format!("failed to create stream {DEAD_LETTER_STREAM}: {e}")))?;
+        .map_err(|source| TopologyError::Stream { stream: DEAD_LETTER_STREAM, source })?;
     for spec in expected_consumers() {
         spec.ensure(js).await?;
     }
     Ok(())
 }
 
+/// Messages per subject in `stream` under `filter`; empty when unknown.
+pub async fn subject_counts<I>(stream: &stream::Stream<I>, filter: &str) -> HashMap<String, u64> {
+    let Ok(subjects) = stream.info_with_subjects(filter).await else { return HashMap::new() };
+    subjects.map_ok(|(subject, count)| (subject, count as u64)).try_collect().await.unwrap_or_default()
+}
+
 /// A stream or consumer could not be created.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TopologyError(pub String);
+pub enum TopologyError {
+    #[error("failed to create stream {stream}")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("stream {stream} is missing")]
+    StreamMissing {
+        stream: &'static str,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("failed to create consumer {consumer}")]
+    Consumer {
+        consumer: &'static str,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// An exhaustive match: a new variant fails to compile here until it is
+    /// given a place in [`Service::ALL`], which the test then checks.
+    fn position(service: Service) -> usize {
+        match service {
+            Service::Inventory => 0,
+            Service::Payment => 1,
+            Service::Order => 2,
+            Service::Loyalty => 3,
+            Service::Notification => 4,
+            Service::Analytics => 5,
+            Service::Sentinel => 6,
+            Service::Keeper => 7,
+            Service::Gateway => 8,
+        }
+    }
+
+    #[test]
+    fn every_service_is_in_the_catalog_once() {
+        let positions: Vec<usize> = Service::ALL.iter().map(|s| position(*s)).collect();
+        let unique: HashSet<usize> = positions.iter().copied().collect();
+        assert_eq!(unique.len(), Service::ALL.len(), "a service is listed twice");
+        assert_eq!(unique, (0..Service::ALL.len()).collect(), "a service is missing from Service::ALL");
+        for service in Service::ALL {
+            assert_eq!(Service::from_name(service.name()), Some(service));
+            assert_eq!(service.binary(), format!("tracehop-{}", service.name()));
+        }
+    }
+
+    #[test]
+    fn every_durable_has_one_owner_and_replayable_services_own_one() {
+        let consumers = expected_consumers();
+        let durables: HashSet<&str> = consumers.iter().map(|c| c.durable).collect();
+        assert_eq!(durables.len(), consumers.len(), "a durable is owned twice");
+        for service in Service::ALL {
+            if service.replayable() {
+                assert_eq!(service.consumers().len(), 1, "{service} replays one consumer");
+            }
+            for spec in service.consumers() {
+                assert_eq!(Service::owning(spec.durable), Some(service));
+            }
+        }
+        for spec in [loyalty_consumer(), notification_consumer(), analytics_consumer(), payment_consumer()] {
+            assert!(durables.contains(spec.durable));
+        }
+    }
+
+    #[test]
+    fn subjects_are_served_once() {
+        let mut seen = HashSet::new();
+        for service in Service::ALL {
+            for subject in service.all_subjects() {
+                assert!(seen.insert(subject.clone()), "{subject} is served twice");
+            }
+        }
+    }
+}

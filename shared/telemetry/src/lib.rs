@@ -5,7 +5,8 @@
 //! OpenTelemetry conventions say.
 //!
 //! - [`init`] / [`Telemetry`]: set it all up once per process, flush it last.
-//! - [`failure`]: [`record_failure`], the one way a span is marked failed.
+//! - [`failure`]: [`record_failure`], the one way a span is marked failed;
+//!   [`error_chain`], an error and its sources as one line; [`now_unix_ms`].
 //! - [`logfmt`]: the log line format with `trace_id` and `span_id`.
 //!
 //! The sampler comes from the standard `OTEL_TRACES_SAMPLER` and
@@ -15,7 +16,7 @@
 pub mod failure;
 pub mod logfmt;
 
-pub use failure::{current_trace_id, record_failure, trace_id_of};
+pub use failure::{current_trace_id, error_chain, now_unix_ms, record_failure, trace_id_of};
 
 use std::sync::Arc;
 use std::time::Duration;

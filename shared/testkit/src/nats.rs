@@ -1,7 +1,7 @@
 //! A private `nats-server` per test.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tempfile::TempDir;
@@ -15,14 +15,14 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts a server on a free port and waits until it accepts connections.
-    pub fn start() -> anyhow::Result<Self> {
+    pub async fn start() -> anyhow::Result<Self> {
         let store = tempfile::Builder::new().prefix("tracehop-nats-").tempdir()?;
         let mut server = Self { port: crate::free_port(), store, child: None };
-        server.spawn()?;
+        server.spawn().await?;
         Ok(server)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    async fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new("nats-server");
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(self.store.path());
         if supports_sync_always() {
@@ -39,7 +39,7 @@ impl NatsServer {
             .spawn()
             .context("failed to start nats-server (is it on the PATH?)")?;
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))
+        wait_for_port(self.port, Duration::from_secs(10)).await
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -49,9 +49,9 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL) and starts it again on the same port with
     /// the same store.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.spawn()
+        self.spawn().await
     }
 
     /// Kills the server.
@@ -69,13 +69,13 @@ impl Drop for NatsServer {
     }
 }
 
-fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+async fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("nats-server did not listen on port {port} within {timeout:?}")
 }

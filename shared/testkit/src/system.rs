@@ -44,7 +44,7 @@ impl TestSystem {
     /// Like [`TestSystem::start_with`], on a database of the caller's (on a
     /// private PostgreSQL server that the test restarts, say).
     pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let nats_server = NatsServer::start()?;
+        let nats_server = NatsServer::start().await?;
         let nats = tracehop_messaging::connect(&nats_server.url(), "tracehop-test").await?;
         tracehop_launcher::prepare(&nats, &db.url(), &tracehop_spanfeed::kept::Limits::default()).await?;
         let run_dir = tempfile::Builder::new().prefix("tracehop-run-").tempdir()?;
@@ -86,16 +86,20 @@ impl TestSystem {
         Ok(())
     }
 
-    /// Kills one service with SIGKILL, as a crash would.
+    /// Kills one service with SIGKILL, as a crash would, and reaps it:
+    /// a killed process is gone at once, so the wait is for the kernel only.
     pub fn kill_service(&mut self, service: &str) -> anyhow::Result<()> {
-        self.launcher.stop(service, StopMode::Kill)?;
+        let Some(pid) = self.launcher.kill_now(service) else { anyhow::bail!("{service} is not running") };
+        for (_, child) in self.children.iter_mut().filter(|(_, child)| child.id() == pid) {
+            let _ = child.wait();
+        }
         self.reap();
         Ok(())
     }
 
     /// Stops one service with SIGTERM and waits for it to drain.
-    pub fn stop_service(&mut self, service: &str) -> anyhow::Result<()> {
-        self.launcher.stop(service, StopMode::Graceful(Duration::from_secs(15)))?;
+    pub async fn stop_service(&mut self, service: &str) -> anyhow::Result<()> {
+        self.launcher.stop(service, StopMode::Graceful(Duration::from_secs(15))).await?;
         self.reap();
         Ok(())
     }
