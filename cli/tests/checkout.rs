@@ -244,3 +244,32 @@ async fn out_of_stock_is_409_and_writes_nothing_while_traceparent_is_continued_o
         assert_ne!(trace_id, "0".repeat(32));
     }
 }
+
+/// Baggage crosses the outbox: an allowed member of the client's baggage
+/// reaches the event that the relay publishes later, and a disallowed one
+/// never enters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_baggage_travels_through_the_outbox_to_the_event() {
+    let system = TestSystem::start_with(&[("GATEWAY_BAGGAGE_ALLOW", "tenant")]).await.expect("system start");
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/orders", system.gateway_url))
+        .header("baggage", "tenant=acme,isAdmin=true")
+        .json(&order_body("baggage", &[("CB-004", 1)], CARD_OK))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let stream = system.js.get_stream("ORDERS").await.unwrap();
+    let mut event = None;
+    for _ in 0..100 {
+        if let Ok(message) = stream.direct_get_last_for_subject("orders.confirmed").await {
+            event = Some(message);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let event = event.expect("the event was published");
+    let baggage = event.headers.get("baggage").map(|v| v.to_string());
+    assert_eq!(baggage.as_deref(), Some("tenant=acme"), "the allowed member, alone");
+    assert!(event.headers.get("tracestate").is_none(), "no empty tracestate header");
+}

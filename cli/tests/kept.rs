@@ -1,6 +1,6 @@
 //! The kept-traces store: after the span feed has wrapped around many
-//! times, a slow and an error trace are still found by `tracehop trace`
-//! (and `slowest`), from the store; a trace that was not kept is reported as
+//! times, a slow and an error trace are still found by `tracehop trace`,
+//! `slowest` and `explain`, from the store; a trace that was not kept is reported as
 //! older than the feed's window, with the window.
 
 mod common;
@@ -116,6 +116,13 @@ async fn kept_traces_outlive_the_feed_and_a_gone_trace_says_so() {
     }
     let (found, text, _) = tracehop(&system, &["trace", &declined]);
     assert!(found, "{text}");
+    // slowest finds the slow checkout in the store, and explain reads it.
+    let (ok, json, _) = tracehop(&system, &["slowest", "--json", "--limit", "3"]);
+    assert!(ok, "{json}");
+    assert_eq!(json["traces"][0]["trace_id"], slow.as_str(), "{json}");
+    let (ok, json, _) = tracehop(&system, &["explain", &slow, "--json"]);
+    assert!(ok, "{json}");
+    assert!(json["duration_ms"].as_f64().is_some_and(|ms| ms >= 1400.0), "{json}");
 
     let (found, json, _) = tracehop(&system, &["trace", &plain, "--json"]);
     assert!(!found, "a dropped, old trace is not found");

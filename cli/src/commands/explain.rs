@@ -38,6 +38,8 @@ pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json
         }
         _ => fetch_trace(&js, &trace_id).await?,
     };
+    // Once the feed has moved past it, a kept trace is read from the store.
+    let spans = if spans.is_empty() { tracehop_spanfeed::kept::fetch(&js, &trace_id).await? } else { spans };
     let scan = scan_feed(&js, Some(TYPICAL_WINDOW)).await?;
     let recent: Vec<Vec<_>> = scan.latest(TYPICAL_TRACES).into_iter().map(|id| scan.decode(id)).collect();
     // A checkout is compared with other checkouts; anything else with all traces.
@@ -47,7 +49,9 @@ pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json
         Typical::learn(recent.iter().map(Vec::as_slice), Some(&trace_id))
     };
     let Some(explanation) = analysis::explain(&spans, &typical) else {
-        anyhow::bail!("trace {trace_id} is not in the span feed (it keeps about an hour of spans; is the id right?)");
+        anyhow::bail!(
+            "trace {trace_id} is neither on the span feed nor among the kept traces (`tracehop trace {trace_id}` says how far back the feed reaches)"
+        );
     };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&explain_json(&explanation))?);

@@ -1,5 +1,5 @@
-//! `tracehop slowest`: the slowest checkouts in the span feed, each with the
-//! span that held most of its time. The feed is read once
+//! `tracehop slowest`: the slowest checkouts in the span feed and the
+//! kept-traces store, each with the span that held most of its time. The feed is read once
 //! ([`tracehop_spanfeed::scan_feed`]), checkouts are ranked by their roots
 //! (decoding only the gateway's spans), and the slowest are analysed whole by
 //! [`crate::analysis`].
@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use tracehop_spanfeed::scan_feed;
+use tracehop_spanfeed::{scan_feed, scan_kept};
 
 use crate::analysis::{self, TraceSummary};
 use crate::settings::Settings;
@@ -23,7 +23,10 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let nats = super::connect_nats(settings).await?;
     let js = jetstream::new(nats);
-    let scan = scan_feed(&js, since).await?;
+    // The feed holds minutes under load; the kept-traces store holds the
+    // slow and failed ones for days: both are searched.
+    let mut scan = scan_feed(&js, since).await?;
+    scan.merge_missing(scan_kept(&js, since).await?);
     let since_unix_nano = since.map_or(0, |since| {
         let start = SystemTime::now().checked_sub(since).unwrap_or(UNIX_EPOCH);
         start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tracehop_messaging::w3c::BaggagePolicy;
 use tracehop_service::{BaseConfig, env_millis, env_or};
 
 /// Gateway settings.
@@ -14,6 +15,11 @@ pub struct Config {
     pub order_timeout: Duration,
     /// `GATEWAY_READ_TIMEOUT_MS`: the deadline of a read.
     pub read_timeout: Duration,
+    /// `GATEWAY_BAGGAGE_ALLOW` (comma-separated keys; none by default) and
+    /// `GATEWAY_BAGGAGE_MAX_BYTES` (1024): which of a client's `baggage`
+    /// members pass the edge. A client is not trusted to set values that
+    /// services act on, so by default none does.
+    pub baggage: BaggagePolicy,
 }
 
 impl Config {
@@ -24,6 +30,14 @@ impl Config {
             addr: env_or("GATEWAY_ADDR", "127.0.0.1:8080".to_string())?,
             order_timeout: env_millis("GATEWAY_ORDER_TIMEOUT_MS", Duration::from_secs(20))?,
             read_timeout: env_millis("GATEWAY_READ_TIMEOUT_MS", Duration::from_secs(3))?,
+            baggage: BaggagePolicy {
+                allowed_keys: env_or("GATEWAY_BAGGAGE_ALLOW", String::new())?
+                    .split(',')
+                    .map(|key| key.trim().to_string())
+                    .filter(|key| !key.is_empty())
+                    .collect(),
+                max_bytes: env_or("GATEWAY_BAGGAGE_MAX_BYTES", 1024)?,
+            },
         })
     }
 }

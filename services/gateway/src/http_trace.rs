@@ -5,33 +5,34 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
-use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
-use tracehop_messaging::headers::extract_with;
+use tracehop_messaging::headers::extract_edge;
+use tracehop_messaging::w3c::BaggagePolicy;
 use tracehop_telemetry::record_failure;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ApiError;
 
-struct HttpHeaders<'a>(&'a HeaderMap);
+/// Every value of header `name` (HTTP names are case-insensitive), in order;
+/// a value that is not visible ASCII counts as one that cannot parse.
+fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers.get_all(name).iter().map(|value| value.to_str().unwrap_or("\u{0}")).collect()
+}
 
-impl Extractor for HttpHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|name| name.as_str()).collect()
-    }
+/// The caller's W3C context, as the specifications say (see
+/// `tracehop_messaging::w3c`).
+fn incoming_context(headers: &HeaderMap, baggage: &BaggagePolicy) -> opentelemetry::Context {
+    extract_edge(&all(headers, "traceparent"), &all(headers, "tracestate"), &all(headers, "baggage"), baggage)
 }
 
 /// Runs the request in a SERVER span `<METHOD> <route>` that continues the
 /// caller's trace when its `traceparent` is well formed, and answers with the
 /// `traceresponse` header; past `deadline` the answer is a JSON 504.
-pub async fn trace_request(request: Request, next: Next, deadline: Duration) -> Response {
+pub async fn trace_request(request: Request, next: Next, deadline: Duration, baggage: Arc<BaggagePolicy>) -> Response {
     let method = request.method().to_string();
     let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_string());
     let span = tracing::info_span!(
@@ -50,7 +51,7 @@ pub async fn trace_request(request: Request, next: Next, deadline: Duration) -> 
             .and_then(|v| v.parse::<i64>().ok()),
         http.response.status_code = tracing::field::Empty,
     );
-    let _ = span.set_parent(extract_with(&HttpHeaders(request.headers())));
+    let _ = span.set_parent(incoming_context(request.headers(), &baggage));
 
     let mut response = match tokio::time::timeout(deadline, next.run(request).instrument(span.clone())).await {
         Ok(response) => response,

@@ -10,7 +10,10 @@
 //!
 //! Every response carries a W3C `traceresponse` header and JSON bodies carry
 //! the `trace_id`. An incoming `traceparent` continues its trace; a malformed
-//! one is ignored and a new trace starts.
+//! or duplicated one is ignored and a new trace starts. Several `tracestate`
+//! headers are combined, and an invalid one dropped, as the W3C Trace
+//! Context specification says; a client's `baggage` is dropped unless its
+//! keys are allowed (`GATEWAY_BAGGAGE_ALLOW`).
 //!
 //! Modules: [`config`], [`api`] (JSON shapes and their parsing), [`error`]
 //! (one HTTP status per error kind), [`http_trace`] (the HTTP server span),
@@ -30,6 +33,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use tracehop_messaging::w3c::BaggagePolicy;
 use tracehop_service::Runtime;
 
 /// `service.name` of this service.
@@ -46,6 +50,8 @@ pub struct AppState {
     pub order_timeout: Duration,
     /// How long it waits for a read (an order, the summary).
     pub read_timeout: Duration,
+    /// Which of a client's `baggage` members pass the edge.
+    pub baggage: BaggagePolicy,
 }
 
 /// The HTTP application, without a socket: tests drive it with `oneshot`.
@@ -53,6 +59,7 @@ pub fn app(state: AppState) -> Router {
     // The deadline is applied inside the HTTP span, so that a request that
     // runs out of time still gets a JSON 504 with its `traceresponse`.
     let deadline = state.order_timeout + Duration::from_secs(5);
+    let baggage = std::sync::Arc::new(state.baggage.clone());
     Router::new()
         .route("/v1/orders", post(routes::place_order))
         .route("/v1/orders/{order_id}", get(routes::get_order))
@@ -60,7 +67,9 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::health))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn(move |request, next| http_trace::trace_request(request, next, deadline)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            http_trace::trace_request(request, next, deadline, baggage.clone())
+        }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -72,8 +81,12 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to listen on {}", config.addr))?;
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
-    let state =
-        AppState { nats: runtime.nats.clone(), order_timeout: config.order_timeout, read_timeout: config.read_timeout };
+    let state = AppState {
+        nats: runtime.nats.clone(),
+        order_timeout: config.order_timeout,
+        read_timeout: config.read_timeout,
+        baggage: config.baggage.clone(),
+    };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(runtime.shutdown.cancelled_owned())
         .await

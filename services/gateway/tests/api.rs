@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracehop_gateway::{AppState, MAX_BODY_BYTES, app};
 use tracehop_messaging::Responder;
+use tracehop_messaging::w3c::BaggagePolicy;
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{
     Error as WireError, ErrorCode, Order, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem,
@@ -105,7 +106,12 @@ impl Gateway {
         } else {
             (None, None)
         };
-        let state = AppState { nats: nats.clone(), order_timeout, read_timeout: Duration::from_secs(2) };
+        let state = AppState {
+            nats: nats.clone(),
+            order_timeout,
+            read_timeout: order_timeout.min(Duration::from_secs(2)),
+            baggage: BaggagePolicy { allowed_keys: vec!["tenant".to_string()], max_bytes: 64 },
+        };
         Self { app: app(state), watch, _watcher: watcher, nats, server }
     }
 
@@ -877,4 +883,267 @@ async fn a_hostile_tracestate_or_baggage_does_not_stop_the_trace() {
         assert_eq!(reply.trace_id(), TRACE_ID, "{case}: the trace was not continued");
         gateway.assert_nothing_sent(case).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// The W3C Trace Context test suite (w3c/trace-context test/test.py), case by
+// case: the harness's headers go to the gateway, and what the gateway sends
+// on (its NATS request) is checked as the harness checks its callback.
+// ---------------------------------------------------------------------------
+
+const SUITE_TRACE_ID: &str = "12345678901234567890123456789012";
+const SUITE_TP: &str = "00-12345678901234567890123456789012-1234567890123456-01";
+const SUITE_TP_UNSAMPLED: &str = "00-12345678901234567890123456789012-1234567890123456-00";
+
+/// What the gateway sent on for a request with `headers`.
+struct Propagated {
+    trace_id: String,
+    parent_id: String,
+    /// `None` when no tracestate header went out.
+    tracestate: Option<String>,
+    baggage: Option<String>,
+}
+
+impl Propagated {
+    /// The tracestate's members, as the harness's parser reads them.
+    fn member(&self, key: &str) -> Option<String> {
+        self.tracestate
+            .as_deref()?
+            .split(',')
+            .find_map(|m| m.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
+    }
+
+    fn members(&self) -> usize {
+        self.tracestate.as_deref().map_or(0, |t| t.split(',').count())
+    }
+}
+
+async fn propagated(gateway: &mut Gateway, headers: &[(&str, &str)]) -> Propagated {
+    let mut request = get(&format!("/v1/orders/{}", uuid::Uuid::new_v4()));
+    for (name, value) in headers {
+        let name = axum::http::HeaderName::from_bytes(name.as_bytes()).expect("a valid header name");
+        request.headers_mut().append(name, header_value(value));
+    }
+    let _reply = gateway.send(request).await;
+    let sent = gateway.next_sent().await;
+    let header = |name: &str| sent.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.to_string());
+    let traceparent = header("traceparent").expect("every request goes out with a traceparent");
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(fields.len(), 4, "{traceparent}");
+    assert_eq!(fields[0], "00");
+    Propagated {
+        trace_id: fields[1].to_string(),
+        parent_id: fields[2].to_string(),
+        tracestate: header("tracestate"),
+        baggage: header("baggage"),
+    }
+}
+
+#[tokio::test]
+async fn the_w3c_traceparent_cases() {
+    let mut gateway = Gateway::build(true, Duration::from_millis(200)).await;
+    // test_both_traceparent_and_tracestate_missing: a new trace, and no
+    // empty tracestate header goes out.
+    let fresh = propagated(&mut gateway, &[]).await;
+    assert_ne!(fresh.trace_id, "0".repeat(32));
+    assert_eq!(fresh.tracestate, None, "no tracestate header when there is none");
+    // test_traceparent_included_tracestate_missing
+    let continued = propagated(&mut gateway, &[("traceparent", SUITE_TP)]).await;
+    assert_eq!(continued.trace_id, SUITE_TRACE_ID);
+    assert_ne!(continued.parent_id, "1234567890123456");
+    // test_traceparent_duplicated
+    let duplicated = propagated(
+        &mut gateway,
+        &[
+            ("traceparent", "00-12345678901234567890123456789011-1234567890123456-01"),
+            ("traceparent", "00-12345678901234567890123456789012-1234567890123456-01"),
+        ],
+    )
+    .await;
+    assert_ne!(duplicated.trace_id, "12345678901234567890123456789011");
+    assert_ne!(duplicated.trace_id, SUITE_TRACE_ID);
+    // test_traceparent_header_name and _valid_casing
+    for name in ["trace-parent", "trace.parent"] {
+        assert_ne!(propagated(&mut gateway, &[(name, SUITE_TP)]).await.trace_id, SUITE_TRACE_ID, "{name}");
+    }
+    for name in ["TraceParent", "TrAcEpArEnT", "TRACEPARENT"] {
+        assert_eq!(propagated(&mut gateway, &[(name, SUITE_TP)]).await.trace_id, SUITE_TRACE_ID, "{name}");
+    }
+    // Continued: a later version read by its first four fields, and
+    // optional white space around the value.
+    for valid in [
+        "cc-12345678901234567890123456789012-1234567890123456-01",
+        "cc-12345678901234567890123456789012-1234567890123456-01-what-the-future-will-be-like",
+        " 00-12345678901234567890123456789012-1234567890123456-01",
+        "\t00-12345678901234567890123456789012-1234567890123456-01",
+        "00-12345678901234567890123456789012-1234567890123456-01 ",
+        "00-12345678901234567890123456789012-1234567890123456-01\t",
+        "\t 00-12345678901234567890123456789012-1234567890123456-01 \t",
+    ] {
+        assert_eq!(propagated(&mut gateway, &[("traceparent", valid)]).await.trace_id, SUITE_TRACE_ID, "{valid:?}");
+    }
+    // A new trace: every malformed traceparent of the suite.
+    for invalid in [
+        "00-12345678901234567890123456789012-1234567890123456-01.",
+        "00-12345678901234567890123456789012-1234567890123456-01-what-the-future-will-be-like",
+        "cc-12345678901234567890123456789012-1234567890123456-01.what-the-future-will-be-like",
+        "ff-12345678901234567890123456789012-1234567890123456-01",
+        ".0-12345678901234567890123456789012-1234567890123456-01",
+        "0.-12345678901234567890123456789012-1234567890123456-01",
+        "000-12345678901234567890123456789012-1234567890123456-01",
+        "0000-12345678901234567890123456789012-1234567890123456-01",
+        "0-12345678901234567890123456789012-1234567890123456-01",
+        "00-00000000000000000000000000000000-1234567890123456-01",
+        "00-.2345678901234567890123456789012-1234567890123456-01",
+        "00-1234567890123456789012345678901.-1234567890123456-01",
+        "00-123456789012345678901234567890123-1234567890123456-01",
+        "00-1234567890123456789012345678901-1234567890123456-01",
+        "00-12345678901234567890123456789012-0000000000000000-01",
+        "00-12345678901234567890123456789012-.234567890123456-01",
+        "00-12345678901234567890123456789012-123456789012345.-01",
+        "00-12345678901234567890123456789012-12345678901234567-01",
+        "00-12345678901234567890123456789012-123456789012345-01",
+        "00-12345678901234567890123456789012-1234567890123456-.0",
+        "00-12345678901234567890123456789012-1234567890123456-0.",
+        "00-12345678901234567890123456789012-1234567890123456-001",
+        "00-12345678901234567890123456789012-1234567890123456-1",
+    ] {
+        let sent = propagated(&mut gateway, &[("traceparent", invalid)]).await;
+        assert_ne!(sent.trace_id, SUITE_TRACE_ID, "{invalid:?} was continued");
+        for part in ["123456789012345678901234567890123", "23456789012345678901234567890123", "0".repeat(32).as_str()] {
+            assert_ne!(sent.trace_id, part, "{invalid:?}");
+        }
+    }
+    // test_multiple_requests_with_valid_traceparent / _without / _with_illegal
+    let mut parents = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let sent = propagated(&mut gateway, &[("traceparent", SUITE_TP)]).await;
+        assert_eq!(sent.trace_id, SUITE_TRACE_ID);
+        parents.insert(sent.parent_id);
+    }
+    assert_eq!(parents.len(), 3, "a parent id of its own for each request");
+    for _ in 0..3 {
+        let sent =
+            propagated(&mut gateway, &[("traceparent", "00-00000000000000000000000000000000-1234567890123456-01")])
+                .await;
+        assert_ne!(sent.trace_id, "0".repeat(32));
+    }
+}
+
+#[tokio::test]
+async fn the_w3c_tracestate_cases() {
+    let mut gateway = Gateway::build(true, Duration::from_millis(200)).await;
+    let tp = ("traceparent", SUITE_TP_UNSAMPLED);
+    // test_tracestate_included_traceparent_missing: ignored with it.
+    let alone = propagated(&mut gateway, &[("tracestate", "foo=1")]).await;
+    assert_eq!(alone.tracestate, None);
+    // test_tracestate_included_traceparent_included
+    let both = propagated(&mut gateway, &[tp, ("tracestate", "foo=1,bar=2")]).await;
+    assert_eq!(both.trace_id, SUITE_TRACE_ID);
+    assert_eq!((both.member("foo").as_deref(), both.member("bar").as_deref()), (Some("1"), Some("2")));
+    // test_tracestate_header_name and _valid_casing
+    for name in ["trace-state", "trace.state"] {
+        assert_eq!(propagated(&mut gateway, &[tp, (name, "foo=1")]).await.member("foo"), None, "{name}");
+    }
+    for name in ["TraceState", "TrAcEsTaTe", "TRACESTATE"] {
+        assert_eq!(propagated(&mut gateway, &[tp, (name, "foo=1")]).await.member("foo").as_deref(), Some("1"));
+    }
+    // test_tracestate_empty_header
+    let empty = propagated(&mut gateway, &[tp, ("tracestate", "")]).await;
+    assert!(empty.tracestate.as_deref().is_none_or(|t| !t.is_empty()));
+    assert_eq!(empty.trace_id, SUITE_TRACE_ID);
+    for headers in
+        [[tp, ("tracestate", "foo=1"), ("tracestate", "")], [tp, ("tracestate", ""), ("tracestate", "foo=1")]]
+    {
+        assert_eq!(propagated(&mut gateway, &headers).await.member("foo").as_deref(), Some("1"));
+    }
+    // test_tracestate_multiple_headers_different_keys: combined, in order.
+    let combined = propagated(
+        &mut gateway,
+        &[tp, ("tracestate", "foo=1,bar=2"), ("tracestate", "rojo=1,congo=2"), ("tracestate", "baz=3")],
+    )
+    .await;
+    assert_eq!(combined.tracestate.as_deref(), Some("foo=1,bar=2,rojo=1,congo=2,baz=3"));
+    // test_tracestate_duplicated_keys: passed on once.
+    for headers in [
+        vec![tp, ("tracestate", "foo=1,foo=1")],
+        vec![tp, ("tracestate", "foo=1,foo=2")],
+        vec![tp, ("tracestate", "foo=1"), ("tracestate", "foo=1")],
+        vec![tp, ("tracestate", "foo=1"), ("tracestate", "foo=2")],
+    ] {
+        let sent = propagated(&mut gateway, &headers).await;
+        assert!(matches!(sent.member("foo").as_deref(), Some("1" | "2")), "{headers:?}");
+        assert_eq!(sent.members(), 1, "{headers:?}");
+    }
+    // test_tracestate_all_allowed_characters
+    let key: String = ('a'..='z').chain('0'..='9').chain(['_', '-', '*', '/']).collect();
+    let value: String = (0x20u8..=0x2b).chain(0x2d..=0x3c).chain(0x3e..=0x7e).map(char::from).collect();
+    for key in [key.clone(), format!("{key}@a-z0-9_-*/")] {
+        let sent = propagated(&mut gateway, &[tp, ("tracestate", &format!("{key}={value}"))]).await;
+        assert_eq!(sent.member(&key).as_deref(), Some(value.as_str()), "{key}");
+    }
+    // test_tracestate_ows_handling
+    for ows in ["foo=1 \t , \t bar=2, \t baz=3", "foo=1\t \t,\t \tbar=2,\t \tbaz=3"] {
+        let sent = propagated(&mut gateway, &[tp, ("tracestate", ows)]).await;
+        assert_eq!(sent.tracestate.as_deref(), Some("foo=1,bar=2,baz=3"), "{ows:?}");
+    }
+    for ows in [" foo=1", "\tfoo=1", "foo=1 ", "foo=1\t", "\t foo=1 \t"] {
+        assert_eq!(propagated(&mut gateway, &[tp, ("tracestate", ows)]).await.member("foo").as_deref(), Some("1"));
+    }
+    // test_tracestate_key_illegal_characters, _value_illegal_characters and
+    // an illegal vendor format: the whole tracestate is dropped, the trace
+    // goes on.
+    for invalid in ["foo =1", "FOO=1", "foo.bar=1", "@foo=1,bar=2", "foo=bar=baz", "foo=,bar=3"] {
+        let sent = propagated(&mut gateway, &[tp, ("tracestate", invalid)]).await;
+        assert_eq!(sent.tracestate, None, "{invalid:?}");
+        assert_eq!(sent.trace_id, SUITE_TRACE_ID, "{invalid:?}");
+    }
+    // test_tracestate_key_illegal_vendor_format: `foo@` passes. The suite's
+    // Level 2 grammar also passes `foo@@bar` and `foo@bar@baz`, which
+    // OpenTelemetry's TraceState (Level 1: one `@`) cannot carry: they are
+    // dropped whole, never in part, and the trace goes on.
+    let sent = propagated(&mut gateway, &[tp, ("tracestate", "foo@=1,bar=2")]).await;
+    assert_eq!((sent.member("foo@").as_deref(), sent.member("bar").as_deref()), (Some("1"), Some("2")));
+    for header in ["foo@@bar=1,bar=2", "foo@bar@baz=1,bar=2"] {
+        let sent = propagated(&mut gateway, &[tp, ("tracestate", header)]).await;
+        assert_eq!((sent.tracestate.as_deref(), sent.trace_id.as_str()), (None, SUITE_TRACE_ID), "{header}");
+    }
+    // test_tracestate_member_count_limit
+    let members =
+        |range: std::ops::RangeInclusive<u32>| range.map(|i| format!("bar{i:02}={i:02}")).collect::<Vec<_>>().join(",");
+    let (a, b, c) = (members(1..=10), members(11..=20), members(21..=30));
+    let thirty_two = propagated(
+        &mut gateway,
+        &[tp, ("tracestate", &a), ("tracestate", &b), ("tracestate", &c), ("tracestate", "bar31=31,bar32=32")],
+    )
+    .await;
+    assert_eq!((thirty_two.members(), thirty_two.member("bar01").as_deref()), (32, Some("01")));
+    let thirty_three = propagated(
+        &mut gateway,
+        &[tp, ("tracestate", &a), ("tracestate", &b), ("tracestate", &c), ("tracestate", "bar31=31,bar32=32,bar33=33")],
+    )
+    .await;
+    assert_eq!(thirty_three.tracestate, None, "more than 32 members: dropped");
+    // test_tracestate_key_length_limit
+    // The suite also passes systems of 14 and 15 characters after the `@`,
+    // past what OpenTelemetry's TraceState takes (13): those are dropped.
+    for key in ["z".repeat(256), format!("{}@{}", "t".repeat(241), "v".repeat(13)), format!("{}@v", "t".repeat(242))] {
+        let sent = propagated(&mut gateway, &[tp, ("tracestate", "foo=1"), ("tracestate", &format!("{key}=1"))]).await;
+        assert_eq!((sent.member("foo").as_deref(), sent.member(&key).as_deref()), (Some("1"), Some("1")), "{key}");
+    }
+    for key in ["z".repeat(257), format!("{}@{}", "t".repeat(241), "v".repeat(14)), format!("t@{}", "v".repeat(15))] {
+        let sent = propagated(&mut gateway, &[tp, ("tracestate", "foo=1"), ("tracestate", &format!("{key}=1"))]).await;
+        assert_eq!(sent.tracestate, None, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn client_baggage_is_dropped_at_the_edge_unless_allowed_and_bounded() {
+    let mut gateway = Gateway::build(true, Duration::from_millis(200)).await;
+    let sent = propagated(&mut gateway, &[("traceparent", SUITE_TP), ("baggage", "isAdmin=true,userId=mallory")]).await;
+    assert_eq!(sent.baggage, None, "a client's baggage does not pass by default");
+    let sent = propagated(&mut gateway, &[("baggage", "isAdmin=true, tenant=acme")]).await;
+    assert_eq!(sent.baggage.as_deref(), Some("tenant=acme"), "an allowed key passes, alone");
+    let sent = propagated(&mut gateway, &[("baggage", &format!("tenant={}", "x".repeat(100)))]).await;
+    assert_eq!(sent.baggage, None, "past the size bound");
 }

@@ -32,7 +32,8 @@ pub struct Relay {
     written: Arc<Notify>,
 }
 
-type OutboxRow = (i64, Uuid, String, String, Vec<u8>, Option<String>, Option<String>);
+/// id, event id, subject, payload type, payload, traceparent, tracestate, baggage.
+type OutboxRow = (i64, Uuid, String, String, Vec<u8>, Option<String>, Option<String>, Option<String>);
 
 impl Relay {
     pub fn new(pool: PgPool, js: jetstream::Context, poll_interval: Duration, written: Arc<Notify>) -> Self {
@@ -68,15 +69,15 @@ impl Relay {
         // The poll itself is not traced: it belongs to no checkout, and most
         // rounds find nothing.
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, event_id, subject, payload_type, payload, traceparent, tracestate
+            "SELECT id, event_id, subject, payload_type, payload, traceparent, tracestate, baggage
              FROM ordering.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
         .await?;
         let mut published = 0;
-        for (id, event_id, subject, payload_type, payload, traceparent, tracestate) in rows {
-            let stored = StoredContext { traceparent, tracestate };
+        for (id, event_id, subject, payload_type, payload, traceparent, tracestate, baggage) in rows {
+            let stored = StoredContext { traceparent, tracestate, baggage };
             let span = tracing::info_span!(
                 "outbox.relay",
                 otel.name = "relay outbox event",

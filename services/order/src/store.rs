@@ -200,8 +200,8 @@ impl Store {
             "INSERT",
             "ordering.outbox",
             sqlx::query(
-                "INSERT INTO ordering.outbox (event_id, subject, payload_type, payload, traceparent, tracestate)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO ordering.outbox (event_id, subject, payload_type, payload, traceparent, tracestate, baggage)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(event_id)
             .bind(subject)
@@ -209,6 +209,7 @@ impl Store {
             .bind(event.encode_to_vec())
             .bind(&context.traceparent)
             .bind(&context.tracestate)
+            .bind(&context.baggage)
             .execute(&mut *tx),
         )
         .await?;
@@ -379,7 +380,10 @@ impl Store {
         .bind(older_than.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id, traceparent)| (id, StoredContext { traceparent, tracestate: None })).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, traceparent)| (id, StoredContext { traceparent, ..StoredContext::default() }))
+            .collect())
     }
 
     /// Confirmed orders whose stock commit did not get through.
@@ -395,7 +399,10 @@ impl Store {
         .bind(older_than.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id, traceparent)| (id, StoredContext { traceparent, tracestate: None })).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, traceparent)| (id, StoredContext { traceparent, ..StoredContext::default() }))
+            .collect())
     }
 
     /// Failed orders whose stock release is due: never confirmed by
@@ -412,7 +419,7 @@ impl Store {
             .into_iter()
             .map(|(order_id, traceparent, attempts)| DueRelease {
                 order_id,
-                context: StoredContext { traceparent, tracestate: None },
+                context: StoredContext { traceparent, ..StoredContext::default() },
                 attempts: attempts.max(0) as u32,
             })
             .collect())

@@ -11,6 +11,8 @@ use async_nats::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
 
+use crate::w3c;
+
 /// JetStream's de-duplication header; tracehop puts the event id there.
 pub const MESSAGE_ID: &str = "Nats-Msg-Id";
 /// The fully qualified protobuf type of the payload (`tracehop.v1.OrderEvent`).
@@ -41,6 +43,11 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The W3C propagator always writes `tracestate`, empty when there is
+        // none; an empty header is noise on every message.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (HeaderName::from_str(key), HeaderValue::from_str(&value)) {
             self.0.insert(name, value);
         }
@@ -77,48 +84,69 @@ pub fn extract(headers: Option<&HeaderMap>) -> Context {
     }
 }
 
-/// Reads W3C context from any carrier (the gateway's HTTP headers too), as
-/// the Trace Context specification says: a `traceparent` that is not exactly
-/// `version-traceid-parentid-flags` in lowercase hex of the right lengths is
-/// ignored, and so is the `tracestate` that came with it.
+/// Reads W3C context from any carrier of single-valued headers (a NATS
+/// message), as the Trace Context specification says (see [`crate::w3c`]):
+/// a malformed `traceparent` is ignored, and so is the `tracestate` that
+/// came with it; a malformed `tracestate` alone is dropped.
 pub fn extract_with(carrier: &dyn Extractor) -> Context {
-    let strict = StrictTraceparent(carrier);
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract_with_context(&Context::new(), &strict)
-    })
+    let one = |name: &str| carrier.get(name).filter(|value| value.len() <= MAX_VALUE_LEN);
+    let traceparent = one("traceparent").and_then(|value| w3c::traceparent(&[value]));
+    let tracestate = one("tracestate").and_then(|value| w3c::tracestate(&[value]));
+    extract_parsed(traceparent, tracestate, one("baggage").map(str::to_string))
 }
 
-/// True when `value` is a well-formed W3C `traceparent`: version (not `ff`),
-/// 32-digit trace id, 16-digit parent id and flags, in lowercase hex; version
-/// `00` takes exactly four fields, later versions may append more.
+/// Reads W3C context that arrived from outside, where each header may come
+/// several times (the gateway's HTTP request): every value of each header,
+/// in order. The baggage is kept only as far as `baggage_policy` allows.
+pub fn extract_edge(
+    traceparents: &[&str],
+    tracestates: &[&str],
+    baggages: &[&str],
+    baggage_policy: &w3c::BaggagePolicy,
+) -> Context {
+    // A hostile header costs nothing: the ones over the bound are not read.
+    fn bounded<'a>(values: &[&'a str]) -> Vec<&'a str> {
+        values.iter().copied().filter(|v| v.len() <= MAX_VALUE_LEN).collect()
+    }
+    let traceparent = w3c::traceparent(&bounded(traceparents));
+    let tracestate = w3c::tracestate(&bounded(tracestates));
+    extract_parsed(traceparent, tracestate, w3c::baggage(&bounded(baggages), baggage_policy))
+}
+
+/// True when `value` is one well-formed W3C `traceparent` (see
+/// [`w3c::traceparent`]).
 pub fn is_valid_traceparent(value: &str) -> bool {
-    let value = value.trim();
-    let fields: Vec<&str> = value.split('-').collect();
-    let hex =
-        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    fields.len() >= 4
-        && hex(fields[0], 2)
-        && fields[0] != "ff"
-        && (fields[0] != "00" || fields.len() == 4)
-        && hex(fields[1], 32)
-        && hex(fields[2], 16)
-        && hex(fields[3], 2)
+    w3c::traceparent(&[value]).is_some()
 }
 
-struct StrictTraceparent<'a>(&'a dyn Extractor);
+/// Already checked W3C values, handed to the propagator.
+struct Parsed {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    baggage: Option<String>,
+}
 
-impl Extractor for StrictTraceparent<'_> {
+impl Extractor for Parsed {
     fn get(&self, key: &str) -> Option<&str> {
-        let valid = self.0.get("traceparent").is_some_and(is_valid_traceparent);
         match key {
-            "traceparent" | "tracestate" if !valid => None,
-            _ => self.0.get(key).filter(|value| value.len() <= MAX_VALUE_LEN),
+            "traceparent" => self.traceparent.as_deref(),
+            // A tracestate belongs to its traceparent.
+            "tracestate" => self.traceparent.as_ref().and(self.tracestate.as_deref()),
+            "baggage" => self.baggage.as_deref(),
+            _ => None,
         }
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys()
+        vec!["traceparent", "tracestate", "baggage"]
     }
+}
+
+fn extract_parsed(traceparent: Option<String>, tracestate: Option<String>, baggage: Option<String>) -> Context {
+    let parsed = Parsed { traceparent, tracestate, baggage };
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract_with_context(&Context::new(), &parsed)
+    })
 }
 
 /// A header's value, if present.
@@ -126,12 +154,14 @@ pub fn get<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     headers?.get(name).map(|value| value.as_str())
 }
 
-/// A span context in its W3C text form (`traceparent`, `tracestate`), for
-/// keeping it beside data that is acted on later, such as an outbox row.
+/// A context in its W3C text form (`traceparent`, `tracestate`,
+/// `baggage`), for keeping it beside data that is acted on later, such as
+/// an outbox row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredContext {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    pub baggage: Option<String>,
 }
 
 impl StoredContext {
@@ -140,7 +170,7 @@ impl StoredContext {
         let mut headers = HeaderMap::new();
         inject(context, &mut headers);
         let value = |name: &str| headers.get(name).map(|v| v.as_str().to_string()).filter(|v| !v.is_empty());
-        Self { traceparent: value("traceparent"), tracestate: value("tracestate") }
+        Self { traceparent: value("traceparent"), tracestate: value("tracestate"), baggage: value("baggage") }
     }
 
     /// The context it describes; an empty context when it is missing or
@@ -152,6 +182,9 @@ impl StoredContext {
         }
         if let Some(Ok(value)) = self.tracestate.as_deref().map(HeaderValue::from_str) {
             headers.insert("tracestate", value);
+        }
+        if let Some(Ok(value)) = self.baggage.as_deref().map(HeaderValue::from_str) {
+            headers.insert("baggage", value);
         }
         extract(Some(&headers))
     }

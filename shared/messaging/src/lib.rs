@@ -17,6 +17,8 @@
 //!   (or redriving its dead letters) through its own handler, in CONSUMER
 //!   spans marked as replays; [`replay::call`] asks for one.
 //! - [`spans`]: the attribute names used on messaging spans.
+//! - [`w3c`]: W3C Trace Context and Baggage from outside, parsed to the
+//!   letter of the specifications.
 
 pub mod consume;
 pub mod headers;
@@ -26,6 +28,7 @@ pub mod request;
 pub mod serve;
 pub mod spans;
 pub mod topology;
+pub mod w3c;
 
 pub use consume::{
     ConsumerSpec, DeadLetter, Delivery, ProcessError, run_consumer, run_consumer_pausable, store_dead_letter,

@@ -32,7 +32,7 @@ pub use reader::{
     ReadError, fetch_trace, fetch_trace_raw, normalize_trace_id, wait_for_settled_trace, wait_for_trace, watch,
 };
 pub use record::{SpanKind, SpanLink, SpanRecord, SpanStatus, decode_spans};
-pub use scan::{Batch, Scan, scan_feed};
+pub use scan::{Batch, Scan, scan_feed, scan_kept};
 
 use std::time::Duration;
 

@@ -20,10 +20,11 @@ use crate::record::{SpanRecord, decode_spans};
 use crate::{STREAM, SUBJECT_PREFIX};
 
 /// One feed message: the spans of one trace that one service exported in one
-/// batch, still encoded as OTLP.
+/// batch, still encoded as OTLP. From the kept-traces store, one message
+/// holds a whole trace of every service: its `service` is empty.
 #[derive(Clone, Debug)]
 pub struct Batch {
-    /// The service, from the subject.
+    /// The service, from the subject; empty for a kept trace's message.
     pub service: String,
     /// The message's stream sequence: a later batch has a higher one.
     pub sequence: u64,
@@ -50,7 +51,19 @@ impl Scan {
 
     /// The spans of `trace_id` exported by `service` only.
     pub fn decode_service(&self, trace_id: &str, service: &str) -> Vec<SpanRecord> {
-        self.decode_where(trace_id, |batch| batch.service == service)
+        let mut spans = self.decode_where(trace_id, |batch| batch.service == service || batch.service.is_empty());
+        spans.retain(|span| span.service == service);
+        spans
+    }
+
+    /// Adds the traces of `other` that this scan does not have (a trace on
+    /// the feed is read from the feed, which may have more of it).
+    pub fn merge_missing(&mut self, other: Scan) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        for (trace_id, batches) in other.traces {
+            self.traces.entry(trace_id).or_insert(batches);
+        }
     }
 
     fn decode_where(&self, trace_id: &str, keep: impl Fn(&Batch) -> bool) -> Vec<SpanRecord> {
@@ -82,14 +95,43 @@ fn trace_and_service(subject: &str) -> Option<(&str, &str)> {
     ours.then_some((trace_id, service))
 }
 
+/// The trace id of a kept-trace subject (`kept.<partition>.<trace_id>`),
+/// with no service: such a message holds every service's spans.
+fn kept_trace(subject: &str) -> Option<(&str, &str)> {
+    let trace_id = subject.rsplit('.').next()?;
+    let ours = subject.starts_with(crate::kept::SUBJECT_PREFIX)
+        && trace_id.len() == 32
+        && trace_id.bytes().all(|b| b.is_ascii_hexdigit());
+    ours.then_some((trace_id, ""))
+}
+
 /// Every message stored on the feed within the last `since` (everything the
 /// feed holds with `None`), read once through one ordered consumer and
 /// grouped by the trace id and service of its subject. Reading stops at the
 /// last message stored when the scan began, so that a busy feed cannot keep
 /// it going.
 pub async fn scan_feed(js: &jetstream::Context, since: Option<Duration>) -> Result<Scan, ReadError> {
+    scan_stream(js, STREAM, &format!("{SUBJECT_PREFIX}.>"), since, trace_and_service).await
+}
+
+/// Like [`scan_feed`], for the kept-traces store: every kept trace stored
+/// within the last `since` (an empty scan when there is no store).
+pub async fn scan_kept(js: &jetstream::Context, since: Option<Duration>) -> Result<Scan, ReadError> {
+    if js.get_stream(crate::kept::STREAM).await.is_err() {
+        return Ok(Scan::default());
+    }
+    scan_stream(js, crate::kept::STREAM, &format!("{}.>", crate::kept::SUBJECT_PREFIX), since, kept_trace).await
+}
+
+async fn scan_stream(
+    js: &jetstream::Context,
+    stream_name: &str,
+    filter_subject: &str,
+    since: Option<Duration>,
+    trace_and_service: fn(&str) -> Option<(&str, &str)>,
+) -> Result<Scan, ReadError> {
     let consume_error = |error: &dyn std::fmt::Display| ReadError::Consume(error.to_string());
-    let mut stream = js.get_stream(STREAM).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    let mut stream = js.get_stream(stream_name).await.map_err(|e| ReadError::Stream(e.to_string()))?;
     let last_sequence = stream.info().await.map_err(|e| ReadError::Stream(e.to_string()))?.state.last_sequence;
     let deliver_policy = match since {
         Some(since) => {
@@ -102,7 +144,7 @@ pub async fn scan_feed(js: &jetstream::Context, since: Option<Duration>) -> Resu
     };
     let mut ordered = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{SUBJECT_PREFIX}.>"),
+            filter_subject: filter_subject.to_string(),
             deliver_policy,
             ..Default::default()
         })
