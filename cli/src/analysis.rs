@@ -269,6 +269,13 @@ impl Typical {
         typical
     }
 
+    /// Like [`Typical::learn`], from checkout traces only: a statement that
+    /// a background job also runs (a restock worker's UPDATE) must be
+    /// compared with its runs in other checkouts, not with the job's.
+    pub fn learn_checkouts<'a>(traces: impl IntoIterator<Item = &'a [SpanRecord]>, except: Option<&str>) -> Self {
+        Self::learn(traces.into_iter().filter(|spans| checkout_root(spans).is_some()), except)
+    }
+
     /// The median duration of `service`'s spans called `span`, and how many
     /// there were; `None` when there were none.
     pub fn median(&self, service: &str, span: &str) -> Option<(u64, usize)> {
@@ -435,7 +442,70 @@ pub struct Explanation {
     /// The median checkout elsewhere, and from how many checkouts.
     pub typical_checkout: Option<(u64, usize)>,
     pub after_answer: Option<AfterAnswer>,
+    /// Slower-than-usual requests and statements (not the culprit's
+    /// ancestors) that ran while the culprit held its time: what it waited
+    /// for is often one of them.
+    pub meanwhile: Vec<Concurrent>,
     pub span_count: usize,
+}
+
+/// A span that ran during the culprit's time (see [`Explanation::meanwhile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Concurrent {
+    pub service: String,
+    pub span: String,
+    pub duration_nanos: u64,
+    pub typical_nanos: Option<u64>,
+}
+
+/// Most [`Concurrent`] spans reported.
+const MAX_MEANWHILE: usize = 2;
+/// How many times its typical duration a concurrent span must take to count.
+const MEANWHILE_SLOWER: f64 = 3.0;
+
+/// CLIENT spans (SQL statements, requests: the spans that wait) other than
+/// the culprit and its ancestors, whose whole run (not only their part on
+/// the path) overlaps at least half of the culprit's self time, and slower
+/// than usual by [`MEANWHILE_SLOWER`] (a database statement with no typical
+/// duration counts too). Think of a retried request: the first attempt's
+/// statement still waits for a lock, holding a row or a connection that the
+/// attempt on the path then waits for without a span of its own.
+fn meanwhile(spans: &[SpanRecord], culprit: &PathStep, typical: &Typical) -> Vec<Concurrent> {
+    let by_id: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
+    let mut excluded: HashSet<usize> = HashSet::from([culprit.index]);
+    let mut current = culprit.index;
+    while let Some(&parent) = spans[current].parent_span_id.as_deref().and_then(|p| by_id.get(p)) {
+        if !excluded.insert(parent) {
+            break;
+        }
+        current = parent;
+    }
+    let (lo, hi) = (culprit.start_unix_nano, culprit.end_unix_nano);
+    let mut found: Vec<Concurrent> = spans
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| !excluded.contains(i) && s.kind == SpanKind::Client)
+        .filter(|(_, s)| {
+            let overlap = s.end_unix_nano.min(hi).saturating_sub(s.start_unix_nano.max(lo));
+            overlap > 0 && overlap * 2 >= culprit.self_nanos
+        })
+        .filter_map(|(_, s)| {
+            let typical_nanos = typical.median(&s.service, &s.name).map(|(median, _)| median);
+            let slow = match typical_nanos {
+                Some(median) => s.duration_nanos() as f64 >= MEANWHILE_SLOWER * median.max(1) as f64,
+                None => s.attr_str("db.system.name").is_some(),
+            };
+            slow.then(|| Concurrent {
+                service: s.service.clone(),
+                span: s.name.clone(),
+                duration_nanos: s.duration_nanos(),
+                typical_nanos,
+            })
+        })
+        .collect();
+    found.sort_by_key(|c| std::cmp::Reverse(c.duration_nanos));
+    found.truncate(MAX_MEANWHILE);
+    found
 }
 
 /// Explains one trace against `typical` (learnt from other traces); `None`
@@ -485,6 +555,7 @@ pub fn explain(spans: &[SpanRecord], typical: &Typical) -> Option<Explanation> {
         errors: failures(spans),
         typical_checkout: typical.checkout(),
         after_answer,
+        meanwhile: culprit_step.map_or_else(Vec::new, |step| meanwhile(spans, step, typical)),
         span_count: spans.len(),
     })
 }
@@ -743,6 +814,73 @@ mod tests {
         assert_eq!(explanation.errors.len(), 1);
         assert_eq!(explanation.errors[0].kind, FailureKind::Error);
         assert_eq!(explanation.errors[0].error_type, "timeout");
+    }
+
+    /// A retried reservation: the first attempt's statement waits for a lock
+    /// for 10 s and is abandoned by its caller at 4 s; the second attempt
+    /// waits 4 s with no span (for a connection the first one holds) and is
+    /// the culprit; the first statement is named as what ran meanwhile.
+    #[test]
+    fn a_slow_statement_off_the_path_during_the_culprits_wait_is_reported() {
+        let db = json!({"db.system.name": "postgresql"});
+        let spans = vec![
+            root(8100),
+            span("03", Some("01"), "order", "process svc.order.place", SpanKind::Server, 1, 8099),
+            failed(
+                span("05", Some("03"), "order", "send svc.inventory.reserve", SpanKind::Client, 2, 4002),
+                "timeout",
+                "no answer",
+            ),
+            span("06", Some("05"), "inventory", "reserve stock", SpanKind::Internal, 3, 10_500),
+            with(
+                span("07", Some("06"), "inventory", "UPDATE inventory.restock", SpanKind::Client, 4, 10_400),
+                db.clone(),
+            ),
+            span("08", Some("03"), "order", "send svc.inventory.reserve", SpanKind::Client, 4003, 8090),
+            span("09", Some("08"), "inventory", "reserve stock", SpanKind::Internal, 4004, 8080),
+            with(span("0a", Some("09"), "inventory", "UPDATE inventory.products", SpanKind::Client, 8070, 8075), db),
+        ];
+        let mut typical_traces = vec![checkout(0)];
+        typical_traces[0].push(with(
+            span("0f", Some("06"), "inventory", "UPDATE inventory.restock", SpanKind::Client, 8, 9),
+            json!({"db.system.name": "postgresql"}),
+        ));
+        for trace in &mut typical_traces {
+            for span in trace.iter_mut() {
+                span.trace_id = "f".repeat(32);
+            }
+        }
+        let typical = Typical::learn(typical_traces.iter().map(Vec::as_slice), Some(TRACE));
+        let explanation = explain(&spans, &typical).unwrap();
+        let culprit = explanation.culprit.unwrap();
+        assert_eq!((culprit.span.as_str(), culprit.self_nanos), ("reserve stock", 4071 * MS));
+        assert_eq!(
+            explanation.meanwhile,
+            [Concurrent {
+                service: "inventory".into(),
+                span: "UPDATE inventory.restock".into(),
+                duration_nanos: 10_396 * MS,
+                typical_nanos: Some(MS),
+            }]
+        );
+        // Only checkouts make a checkout's typical.
+        let mut job = vec![span("01", None, "inventory", "restock", SpanKind::Internal, 0, 1)];
+        job.push(with(
+            span("02", Some("01"), "inventory", "UPDATE inventory.restock", SpanKind::Client, 0, 1),
+            json!({}),
+        ));
+        let mut traces = typical_traces.clone();
+        traces.extend([job.clone(), job.clone(), job]);
+        for (n, trace) in traces.iter_mut().enumerate() {
+            trace.iter_mut().for_each(|s| s.trace_id = format!("{n:032x}"));
+        }
+        let all = Typical::learn(traces.iter().map(Vec::as_slice), None);
+        assert_eq!(all.median("inventory", "UPDATE inventory.restock"), Some((MS, 4)));
+        let checkouts = Typical::learn_checkouts(traces.iter().map(Vec::as_slice), None);
+        assert_eq!(checkouts.median("inventory", "UPDATE inventory.restock"), Some((MS, 1)));
+        assert_eq!(checkouts.median("inventory", "restock"), None);
+        // A normal checkout has nothing of the kind.
+        assert!(explain(&checkout(0), &typical).unwrap().meanwhile.is_empty());
     }
 
     #[test]

@@ -174,5 +174,5 @@ async fn slowest_finds_a_checkout_held_by_a_row_lock_and_explain_names_the_updat
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not in the span feed"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("neither on the span feed nor among the kept traces"));
 }

@@ -42,7 +42,12 @@ pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json
     let spans = if spans.is_empty() { tracehop_spanfeed::kept::fetch(&js, &trace_id).await? } else { spans };
     let scan = scan_feed(&js, Some(TYPICAL_WINDOW)).await?;
     let recent: Vec<Vec<_>> = scan.latest(TYPICAL_TRACES).into_iter().map(|id| scan.decode(id)).collect();
-    let typical = Typical::learn(recent.iter().map(Vec::as_slice), Some(&trace_id));
+    // A checkout is compared with other checkouts; anything else with all traces.
+    let typical = if analysis::checkout_root(&spans).is_some() {
+        Typical::learn_checkouts(recent.iter().map(Vec::as_slice), Some(&trace_id))
+    } else {
+        Typical::learn(recent.iter().map(Vec::as_slice), Some(&trace_id))
+    };
     let Some(explanation) = analysis::explain(&spans, &typical) else {
         anyhow::bail!(
             "trace {trace_id} is neither on the span feed nor among the kept traces (`tracehop trace {trace_id}` says how far back the feed reaches)"
@@ -130,6 +135,16 @@ pub fn explain_text(e: &Explanation) -> String {
             }
         }
         let _ = writeln!(out, "  {}", analysis::hint(c));
+        for other in &e.meanwhile {
+            let usually = other.typical_nanos.map_or(String::new(), |t| format!(" (usually {} ms)", millis(ms(t))));
+            let _ = writeln!(
+                out,
+                "  meanwhile {}'s {:?} ran {} ms{usually}: what it waited for may be what held this up",
+                clean(&other.service),
+                clean(&other.span),
+                millis(ms(other.duration_nanos)),
+            );
+        }
     }
 
     // The steps holding the most time, in path order; the rest summed up.
@@ -287,8 +302,28 @@ mod tests {
                 last_end_nanos: 48 * MS,
                 longest: ("notification".into(), "process orders.confirmed".into(), 30 * MS),
             }),
+            meanwhile: Vec::new(),
             span_count: 14,
         }
+    }
+
+    #[test]
+    fn what_ran_meanwhile_follows_the_hint() {
+        let mut e = explanation();
+        e.meanwhile = vec![analysis::Concurrent {
+            service: "inventory".into(),
+            span: "UPDATE inventory.restock_requests".into(),
+            duration_nanos: 10_310 * MS,
+            typical_nanos: Some(2 * MS),
+        }];
+        let text = explain_text(&e);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[3],
+            "  meanwhile inventory's \"UPDATE inventory.restock_requests\" ran 10310 ms (usually 2.00 ms): what it \
+             waited for may be what held this up",
+            "{text}"
+        );
     }
 
     #[test]
