@@ -11,7 +11,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracehop::commands::status::{AlertStatus, ConsumerStatus, ServiceStatus, Status, age, render_json, render_text};
+use tracehop::commands::status::{
+    AlertStatus, ConsumerStatus, ServiceStatus, Status, TraceStoreStatus, age, render_json, render_text,
+};
 use tracehop_launcher::{SERVICES, is_service_process};
 use tracehop_messaging::topology;
 use tracehop_proto::v1::{Alert, AlertKind, ConsumerHealth, ConsumerState};
@@ -329,6 +331,16 @@ fn sample(sentinel: bool) -> Status {
         ],
         alerts: Vec::new(),
         sentinel,
+        traces: vec![TraceStoreStatus {
+            stream: "SPANS".into(),
+            bytes: 12 * 1024 * 1024,
+            max_bytes: 256 * 1024 * 1024,
+            messages: 12_000,
+            oldest_age_ms: Some(30_000),
+            messages_per_second: 400.0,
+            bytes_per_second: 0.2 * 1024.0 * 1024.0,
+            reach_ms: Some(640_000),
+        }],
         ..Status::default()
     }
 }
@@ -344,9 +356,13 @@ services
   analytics     down      -  -
 
 consumers (read from JetStream)
-  consumer   stream  state  pullers  pending  ack pending  oldest  redelivered  dead letters
-  loyalty    ORDERS  ok           1        0            0       -            0             0
-  analytics  ORDERS  down         0       12            1   2m05s            3             2
+  consumer   stream  state  pull reqs  pending  ack pending  oldest  redelivered  dead letters
+  loyalty    ORDERS  ok             1        0            0       -            0             0
+  analytics  ORDERS  down           0       12            1   2m05s            3             2
+
+traces
+  store                       used of limit  oldest         coming in  reaches back
+  span feed (memory)  12.0 MiB of 256.0 MiB   30.0s  400/s, 0.2 MiB/s        10m40s
 
 sentinel not running: no alerts
 ";
@@ -411,7 +427,7 @@ fn status_json_has_services_consumers_alerts_and_sentinel() {
     let json = render_json(&sample(false));
     let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["alerts", "consumers", "sentinel", "services"]);
+    assert_eq!(keys, ["alerts", "consumers", "sentinel", "services", "traces"]);
     assert_eq!(json["sentinel"], false);
     assert_eq!(
         json["services"][2],

@@ -59,6 +59,13 @@ impl ReplayArgs {
         if self.consumer.trim().is_empty() {
             return Err("--consumer is empty".to_string());
         }
+        if let Some(reason) = Service::from_name(&self.consumer).and_then(Service::not_replayable_because) {
+            return Err(format!(
+                "{} is not replayable: {reason}; the replayable consumers are {}",
+                self.consumer,
+                replayable().join(", ")
+            ));
+        }
         if self.from_seq == Some(0) {
             return Err("--from-seq starts at 1".to_string());
         }
@@ -169,6 +176,18 @@ pub async fn execute(
 pub async fn run(settings: &Settings, args: ReplayArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     args.check().map_err(anyhow::Error::msg)?;
     let nats = super::connect_nats(settings).await?;
+    if let Some(from) = args.from_seq {
+        // Past the end is a mistake to say, not an empty success.
+        let js = async_nats::jetstream::new(nats.clone());
+        let mut stream = js.get_stream(tracehop_messaging::topology::ORDERS_STREAM).await?;
+        let last = stream.info().await?.state.last_sequence;
+        if from > last {
+            anyhow::bail!(
+                "the {} stream ends at sequence {last}: there is nothing to replay from {from}",
+                tracehop_messaging::topology::ORDERS_STREAM
+            );
+        }
+    }
     let mut bar = ProgressView::new(args.mode_name(), &args.consumer);
     let reply = execute(&nats, &args, |progress| bar.show(progress)).await;
     bar.finish();

@@ -55,6 +55,55 @@ pub struct Status {
     /// Set when NATS could not be reached: consumers and alerts are unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_error: Option<String>,
+    /// How much the span feed and the kept-traces store hold, and how far
+    /// back they reach at the rate they fill now.
+    pub traces: Vec<TraceStoreStatus>,
+}
+
+/// The span feed (`SPANS`, memory) or the kept-traces store (`KEPT`, disk).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct TraceStoreStatus {
+    pub stream: String,
+    pub bytes: u64,
+    pub max_bytes: i64,
+    pub messages: u64,
+    /// Age of its oldest message; none when it is empty.
+    pub oldest_age_ms: Option<i64>,
+    /// Messages (a service's batch of one trace, on the feed; a kept trace,
+    /// in the store) per second, over what it holds.
+    pub messages_per_second: f64,
+    /// Bytes per second, over what it holds.
+    pub bytes_per_second: f64,
+    /// How far back it reaches at that rate: its age limit, or the time its
+    /// byte limit fills in, whichever is less.
+    pub reach_ms: Option<i64>,
+}
+
+impl TraceStoreStatus {
+    fn of(window: &tracehop_spanfeed::kept::Window) -> Self {
+        let per_message = if window.messages > 0 { window.bytes as f64 / window.messages as f64 } else { 0.0 };
+        Self {
+            stream: window.stream.clone(),
+            bytes: window.bytes,
+            max_bytes: window.max_bytes,
+            messages: window.messages,
+            oldest_age_ms: window.oldest_age.map(|a| a.as_millis() as i64),
+            messages_per_second: window.messages_per_second,
+            bytes_per_second: window.messages_per_second * per_message,
+            reach_ms: window.reach().map(|r| r.as_millis() as i64),
+        }
+    }
+}
+
+/// The windows of the span feed and the kept-traces store, those that exist.
+async fn trace_stores(js: &jetstream::Context) -> Vec<TraceStoreStatus> {
+    let mut stores = Vec::new();
+    for stream in [tracehop_spanfeed::STREAM, tracehop_spanfeed::kept::STREAM] {
+        if let Ok(window) = tracehop_spanfeed::kept::window(js, stream).await {
+            stores.push(TraceStoreStatus::of(&window));
+        }
+    }
+    stores
 }
 
 /// One service process.
@@ -84,7 +133,9 @@ pub struct ConsumerStatus {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// Pull requests waiting on the durable (`num_waiting`): 0 means nobody
-    /// is pulling.
+    /// is pulling. Not a count of processes: one consumer asks for more
+    /// before its last request is used up, so one process may hold two, and
+    /// a request of a process that just died lingers until it expires.
     pub active_pullers: u64,
     /// Events not yet delivered.
     pub pending: u64,
@@ -138,6 +189,11 @@ pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode>
 /// Services from the pid files, consumers and alerts from the sentinel or,
 /// when it does not answer, from JetStream.
 pub async fn gather(launcher: &Launcher, nats: &async_nats::Client) -> Status {
+    let status = gather_consumers(launcher, nats).await;
+    Status { traces: trace_stores(&jetstream::new(nats.clone())).await, ..status }
+}
+
+async fn gather_consumers(launcher: &Launcher, nats: &async_nats::Client) -> Status {
     let services = services(launcher);
     let request = SentinelStatusRequest {};
     let answer: Result<SentinelStatusReply, RequestError> =
@@ -358,7 +414,7 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
         ("consumer", Left),
         ("stream", Left),
         ("state", Left),
-        ("pullers", Right),
+        ("pull reqs", Right),
         ("pending", Right),
         ("ack pending", Right),
         ("oldest", Right),
@@ -373,6 +429,36 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
     }
 
     out.push('\n');
+    if !status.traces.is_empty() {
+        out.push_str("traces\n");
+        let mib = |bytes: f64| format!("{:.1} MiB", bytes / (1024.0 * 1024.0));
+        let rows: Vec<(Vec<String>, Option<&str>)> = status
+            .traces
+            .iter()
+            .map(|t| {
+                let cells = vec![
+                    match t.stream.as_str() {
+                        tracehop_spanfeed::STREAM => "span feed (memory)".to_string(),
+                        _ => "kept traces (disk)".to_string(),
+                    },
+                    format!("{} of {}", mib(t.bytes as f64), mib(t.max_bytes.max(0) as f64)),
+                    t.oldest_age_ms.map_or("-".to_string(), age),
+                    format!("{:.0}/s, {}/s", t.messages_per_second, mib(t.bytes_per_second)),
+                    t.reach_ms.map_or("-".to_string(), age),
+                ];
+                (cells, None)
+            })
+            .collect();
+        let columns = [
+            ("store", Left),
+            ("used of limit", Right),
+            ("oldest", Right),
+            ("coming in", Right),
+            ("reaches back", Right),
+        ];
+        table(&mut out, &columns, &rows, color);
+        out.push('\n');
+    }
     if !status.sentinel {
         match &status.sentinel_error {
             None => out.push_str("sentinel not running: no alerts\n"),

@@ -1,12 +1,15 @@
 //! A circuit breaker for the calls to payment.
 //!
 //! - **closed**: calls go through; `failure_threshold` failures in a row open it.
-//! - **open**: calls fail at once, without touching the network, for
-//!   `open_for`; a payment outage then costs each checkout microseconds
-//!   instead of a full timeout.
-//! - **half-open**: after `open_for`, one trial call goes through (others
-//!   still fail fast); its success closes the breaker, its failure opens it
-//!   again.
+//! - **open**: calls fail at once, without touching the network; a payment
+//!   outage then costs each checkout microseconds instead of a full timeout.
+//!   It stays open [`FIRST_OPEN`] the first time, then twice as long after
+//!   each failed trial, up to `open_for`: a short outage (payment's database
+//!   restarting) is over for checkout about a second after it is over for
+//!   payment, while a long one is probed only every `open_for`.
+//! - **half-open**: once the open period is over, one trial call goes
+//!   through (others still fail fast); its success closes the breaker, its
+//!   failure opens it again, for longer.
 //!
 //! Only unavailability counts as a failure (timeouts, no responders, a
 //! processor error): a declined card is payment working as it should.
@@ -82,11 +85,15 @@ impl Drop for Permit<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejected;
 
+/// How long the breaker first stays open (at most `open_for`).
+pub const FIRST_OPEN: Duration = Duration::from_secs(1);
+
+/// The state, with the open period that the next failed trial doubles.
 #[derive(Debug)]
 enum Inner {
     Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { trial_in_flight: bool },
+    Open { until: Instant, period: Duration },
+    HalfOpen { trial_in_flight: bool, period: Duration },
 }
 
 /// A thread-safe circuit breaker.
@@ -106,7 +113,7 @@ impl CircuitBreaker {
     pub fn state(&self) -> State {
         match *self.lock() {
             Inner::Closed { .. } => State::Closed,
-            Inner::Open { until } if Instant::now() < until => State::Open,
+            Inner::Open { until, .. } if Instant::now() < until => State::Open,
             Inner::Open { .. } | Inner::HalfOpen { .. } => State::HalfOpen,
         }
     }
@@ -117,12 +124,12 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         let allowed = match *inner {
             Inner::Closed { .. } => Allowed::Call,
-            Inner::Open { until } if Instant::now() < until => return Err(Rejected),
-            Inner::Open { .. } | Inner::HalfOpen { trial_in_flight: false } => {
-                *inner = Inner::HalfOpen { trial_in_flight: true };
+            Inner::Open { until, .. } if Instant::now() < until => return Err(Rejected),
+            Inner::Open { period, .. } | Inner::HalfOpen { trial_in_flight: false, period } => {
+                *inner = Inner::HalfOpen { trial_in_flight: true, period };
                 Allowed::Trial
             }
-            Inner::HalfOpen { trial_in_flight: true } => return Err(Rejected),
+            Inner::HalfOpen { trial_in_flight: true, .. } => return Err(Rejected),
         };
         Ok(Permit { breaker: self, allowed, recorded: false })
     }
@@ -135,9 +142,22 @@ impl CircuitBreaker {
             (Inner::Closed { failures }, Allowed::Call, false) if failures + 1 < self.failure_threshold => {
                 Inner::Closed { failures: failures + 1 }
             }
-            // The threshold is reached, or the trial failed, or a call let
-            // through before the breaker opened came back failed.
-            _ => Inner::Open { until: Instant::now() + self.open_for },
+            // The trial failed: open again, for twice as long.
+            (Inner::HalfOpen { period, .. }, Allowed::Trial, false) => {
+                let period = (*period * 2).min(self.open_for);
+                Inner::Open { until: Instant::now() + period, period }
+            }
+            // A call let through before the breaker opened came back failed:
+            // the open period stands.
+            (Inner::Open { until, period }, _, false) => Inner::Open { until: *until, period: *period },
+            (Inner::HalfOpen { trial_in_flight, period }, Allowed::Call, false) => {
+                Inner::HalfOpen { trial_in_flight: *trial_in_flight, period: *period }
+            }
+            // The threshold is reached: open for the first period.
+            _ => {
+                let period = FIRST_OPEN.min(self.open_for);
+                Inner::Open { until: Instant::now() + period, period }
+            }
         };
         self.state_of(&inner)
     }
@@ -175,6 +195,35 @@ mod tests {
         assert_eq!(fail(&breaker), State::Open);
         assert_eq!(breaker.permit().unwrap_err(), Rejected);
         assert_eq!(breaker.state(), State::Open);
+    }
+
+    #[test]
+    fn each_failed_trial_opens_it_longer_up_to_the_limit() {
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(3));
+        fail(&breaker);
+        let open_for = |breaker: &CircuitBreaker| match *breaker.lock() {
+            Inner::Open { until, .. } => until.saturating_duration_since(Instant::now()),
+            ref other => panic!("not open: {other:?}"),
+        };
+        assert!(open_for(&breaker) <= FIRST_OPEN);
+        // Time the open period out, then fail the trial: twice as long.
+        for expected in [Duration::from_secs(2), Duration::from_secs(3), Duration::from_secs(3)] {
+            if let Inner::Open { until, .. } = &mut *breaker.lock() {
+                *until = Instant::now();
+            }
+            let trial = breaker.permit().expect("the trial");
+            assert!(trial.is_trial());
+            assert_eq!(trial.record(false), State::Open);
+            let left = open_for(&breaker);
+            assert!(left <= expected && left > expected - Duration::from_millis(200), "{left:?} for {expected:?}");
+        }
+        // A success resets it: the next opening is short again.
+        if let Inner::Open { until, .. } = &mut *breaker.lock() {
+            *until = Instant::now();
+        }
+        assert_eq!(breaker.permit().unwrap().record(true), State::Closed);
+        fail(&breaker);
+        assert!(open_for(&breaker) <= FIRST_OPEN);
     }
 
     #[test]

@@ -135,9 +135,7 @@ impl Service {
             Service::Payment => vec![ConsumerSpec::new(ORDERS_STREAM, durable, &[subjects::ORDER_FAILED])],
             // The keeper reads the span feed through durables of its own,
             // one per partition; they are telemetry's, not the checkout's.
-            Service::Inventory | Service::Order | Service::Sentinel | Service::Keeper | Service::Gateway => {
-                Vec::new()
-            }
+            Service::Inventory | Service::Order | Service::Sentinel | Service::Keeper | Service::Gateway => Vec::new(),
         }
     }
 
@@ -150,6 +148,18 @@ impl Service {
             // running it again is not a projection rebuild but money moving.
             Service::Payment => false,
             Service::Inventory | Service::Order | Service::Sentinel | Service::Keeper | Service::Gateway => false,
+        }
+    }
+
+    /// Why its consumer cannot be replayed, for a service that has one but
+    /// is not [`Service::replayable`]; `None` otherwise.
+    pub const fn not_replayable_because(self) -> Option<&'static str> {
+        match self {
+            Service::Payment => Some(
+                "its consumer settles the charges of failed orders with the card processor: running it again \
+                 would move money, not rebuild a projection",
+            ),
+            _ => None,
         }
     }
 
