@@ -23,6 +23,13 @@
 //! event processed after the gateway answered) is not what the parent
 //! waited for, so it does not lengthen the parent's path. Such asynchronous
 //! work is reported on its own: [`Explanation::after_answer`].
+//!
+//! **A wait that is a link.** A span that links to another span of the same
+//! trace that is not its ancestor waited for that span's work (a retried
+//! request that joined the attempt still running): for the path, the linked
+//! span counts as one more child, clipped to the waiting span's window. So
+//! a rare slow statement that three retries waited for is seen through all
+//! of them, and its self times add up in [`culprit`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -107,15 +114,38 @@ pub fn critical_path(spans: &[SpanRecord], root: usize) -> Vec<PathStep> {
     path
 }
 
-/// Indices of each span's children, by the parent's index.
+/// Indices of each span's children, by the parent's index: its children,
+/// and the spans of the same trace it links to that are not its ancestors
+/// (what it waited for).
 fn children_of(spans: &[SpanRecord]) -> Vec<Vec<usize>> {
     let by_id: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
+    let parent_of = |i: usize| spans[i].parent_span_id.as_deref().and_then(|p| by_id.get(p)).copied();
     let mut children = vec![Vec::new(); spans.len()];
-    for (i, span) in spans.iter().enumerate() {
-        if let Some(&parent) = span.parent_span_id.as_deref().and_then(|p| by_id.get(p))
+    for i in 0..spans.len() {
+        if let Some(parent) = parent_of(i)
             && parent != i
         {
             children[parent].push(i);
+        }
+    }
+    for (i, span) in spans.iter().enumerate() {
+        for link in &span.links {
+            let Some(&target) = (link.trace_id == span.trace_id).then(|| by_id.get(link.span_id.as_str())).flatten()
+            else {
+                continue;
+            };
+            let mut ancestor = Some(i);
+            let mut hops = 0;
+            while let Some(a) = ancestor {
+                if a == target || hops > MAX_DEPTH {
+                    break;
+                }
+                ancestor = parent_of(a);
+                hops += 1;
+            }
+            if ancestor.is_none() && !children[i].contains(&target) {
+                children[i].push(target);
+            }
         }
     }
     children
@@ -132,6 +162,8 @@ fn walk(
     visited: &mut [bool],
     path: &mut Vec<PathStep>,
 ) {
+    // On the current branch only: a span that is waited for through a link
+    // is walked again in each window that waited for it.
     visited[index] = true;
     let at = path.len();
     path.push(PathStep { index, depth, start_unix_nano: lo, end_unix_nano: hi, self_nanos: 0 });
@@ -166,12 +198,21 @@ fn walk(
             walk(spans, children, kid, start, end, depth + 1, visited, path);
         }
     }
+    visited[index] = false;
 }
 
-/// The step holding the most self time; of equals, the deepest (the most
-/// specific), then the latest.
-pub fn culprit(path: &[PathStep]) -> Option<&PathStep> {
-    path.iter().max_by_key(|step| (step.self_nanos, step.depth, step.start_unix_nano))
+/// The span holding the most self time on the path (summed over its steps,
+/// when it is on the path more than once: waited for by several retries),
+/// as a step carrying that sum; of equals, the deepest (the most specific),
+/// then the latest.
+pub fn culprit(path: &[PathStep]) -> Option<PathStep> {
+    let mut totals: HashMap<usize, u64> = HashMap::new();
+    for step in path {
+        *totals.entry(step.index).or_default() += step.self_nanos;
+    }
+    path.iter()
+        .max_by_key(|step| (totals[&step.index], step.depth, step.start_unix_nano))
+        .map(|step| PathStep { self_nanos: totals[&step.index], ..step.clone() })
 }
 
 /// What kind of failure a failed span is.
@@ -357,7 +398,7 @@ pub fn summarize(spans: &[SpanRecord]) -> Option<TraceSummary> {
         start_unix_nano: span.start_unix_nano,
         duration_nanos: span.duration_nanos(),
         http_status: span.attributes.get("http.response.status_code").and_then(serde_json::Value::as_i64),
-        culprit: culprit(&path).map(|step| Culprit::of(spans, step)),
+        culprit: culprit(&path).map(|step| Culprit::of(spans, &step)),
         errors: spans.iter().filter(|s| s.status == SpanStatus::Error).count(),
     })
 }
@@ -515,7 +556,7 @@ pub fn explain(spans: &[SpanRecord], typical: &Typical) -> Option<Explanation> {
     let root = &spans[root_index];
     let path = critical_path(spans, root_index);
     let culprit_step = culprit(&path);
-    let culprit = culprit_step.map(|step| Culprit::of(spans, step));
+    let culprit = culprit_step.as_ref().map(|step| Culprit::of(spans, step));
     let culprit_typical = culprit.as_ref().and_then(|c| typical.median(&c.service, &c.span));
     let critical_path = path
         .iter()
@@ -555,7 +596,7 @@ pub fn explain(spans: &[SpanRecord], typical: &Typical) -> Option<Explanation> {
         errors: failures(spans),
         typical_checkout: typical.checkout(),
         after_answer,
-        meanwhile: culprit_step.map_or_else(Vec::new, |step| meanwhile(spans, step, typical)),
+        meanwhile: culprit_step.as_ref().map_or_else(Vec::new, |step| meanwhile(spans, step, typical)),
         span_count: spans.len(),
     })
 }
@@ -739,7 +780,7 @@ mod tests {
     fn a_lock_wait_in_one_statement_is_the_culprit() {
         let spans = checkout(2000);
         let path = critical_path(&spans, 0);
-        let culprit = Culprit::of(&spans, culprit(&path).unwrap());
+        let culprit = Culprit::of(&spans, &culprit(&path).unwrap());
         assert_eq!((culprit.service.as_str(), culprit.span.as_str()), ("inventory", "UPDATE inventory.products"));
         assert_eq!(culprit.self_nanos, 2002 * MS);
         assert!(hint(&culprit).contains("lock"), "{}", hint(&culprit));
@@ -956,6 +997,26 @@ mod tests {
     }
 
     #[test]
+    fn retries_that_joined_a_slow_attempt_are_seen_through_to_its_statement() {
+        // The first attempt (a, 0-40 ms, timed out) runs a statement that
+        // waits 90 ms (s); the retry (b, 40-100 ms) joined that attempt's
+        // work (l), linking to it, and has no child of its own.
+        let root = span("01", None, "gateway", "POST /v1/orders", SpanKind::Server, 0, 100);
+        let first = span("02", Some("01"), "order", "send reserve", SpanKind::Client, 0, 40);
+        let leader = span("03", Some("02"), "inventory", "reserve stock", SpanKind::Server, 2, 95);
+        let statement = span("04", Some("03"), "inventory", "UPDATE restock", SpanKind::Client, 4, 94);
+        let retry = span("05", Some("01"), "order", "send reserve", SpanKind::Client, 40, 100);
+        let mut joined = span("06", Some("05"), "inventory", "reserve stock", SpanKind::Server, 41, 99);
+        joined.links.push(SpanLink { trace_id: TRACE.into(), span_id: "0300000000000000".into() });
+        let spans = vec![root, first, leader, statement, retry, joined];
+        let path = critical_path(&spans, 0);
+        let top = culprit(&path).unwrap();
+        assert_eq!(spans[top.index].name, "UPDATE restock");
+        // Its self time in both windows: 4-40 ms, then 41-94 ms.
+        assert_eq!(top.self_nanos, (36 + 53) * MS);
+    }
+
+    #[test]
     fn cycles_and_self_parents_neither_hang_nor_repeat_spans() {
         let mut a = span("01", None, "x", "a", SpanKind::Internal, 0, 10);
         a.links.push(SpanLink { trace_id: TRACE.into(), span_id: "0200000000000000".into() });
@@ -965,9 +1026,10 @@ mod tests {
             span("03", Some("02"), "x", "c", SpanKind::Internal, 2, 8),
             span("04", Some("04"), "x", "d", SpanKind::Internal, 2, 8),
         ];
-        // b and c are a cycle hanging off nothing; d is its own parent.
+        // b and c are a cycle hanging off nothing; d is its own parent. a
+        // links to b, so it waited for b: b and c are on its path, once.
         let path = critical_path(&spans, 0);
-        assert_eq!(names(&spans, &path), ["x:a"]);
+        assert_eq!(names(&spans, &path), ["x:a", "x:b", "x:c"]);
         let path = critical_path(&spans, 1);
         assert_eq!(names(&spans, &path), ["x:b", "x:c"]);
         assert_eq!(path.iter().map(|s| s.self_nanos).sum::<u64>(), 8 * MS);

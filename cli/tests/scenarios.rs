@@ -20,6 +20,7 @@ use common::*;
 use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::Value;
+use tracehop_order::checkout;
 use tracehop_proto::v1::{Alert, AlertKind};
 use tracehop_scenarios::{Change, Scenario};
 use tracehop_spanfeed::{SpanKind, SpanRecord, SpanStatus, fetch_trace};
@@ -49,6 +50,13 @@ async fn trace_where(system: &TestSystem, trace_id: &str, done: impl Fn(&[SpanRe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("trace {trace_id} never got there:\n{}", names(&spans));
+}
+
+/// The trace once it has stopped growing.
+async fn settled(system: &TestSystem, trace_id: &str) -> Vec<SpanRecord> {
+    tracehop_spanfeed::wait_for_settled_trace(&system.js, trace_id, Duration::from_secs(1), Duration::from_secs(15))
+        .await
+        .unwrap()
 }
 
 fn scenarios_of(span: &SpanRecord) -> Vec<String> {
@@ -118,6 +126,11 @@ async fn slow_inventory_is_a_lock_wait_in_postgres_and_the_fix_defers_it() {
         .max_by_key(|s| s.duration_nanos())
         .unwrap();
     assert!(ms(sql) > 1000, "the statement waited: {} ms", ms(sql));
+    // slowest and explain name that statement, through the retries that
+    // joined the attempt running it.
+    let whole = settled(&system, trace_id).await;
+    let culprit = tracehop::analysis::summarize(&whole).and_then(|s| s.culprit).expect("a culprit");
+    assert_eq!((culprit.service.as_str(), culprit.span.as_str()), ("inventory", "UPDATE inventory.restock_requests"));
 
     // The fix: the same fault, no wait. A request that cannot have its lock
     // in 3 x 100 ms is deferred.
@@ -163,6 +176,8 @@ async fn payment_down_cascades_unfixed_and_fails_fast_fixed() {
     let withheld = spans.iter().find(|s| s.service == "payment" && s.kind == SpanKind::Server).unwrap();
     assert_eq!(withheld.attributes.get("tracehop.reply.withheld"), Some(&Value::Bool(true)));
     assert!(scenarios_of(withheld).contains(&"payment-down".to_string()));
+    let cascade = trace_id.to_string();
+    let placed = Instant::now();
 
     // Fixed: 3 s timeouts until the breaker opens, then milliseconds.
     flip(&system, Scenario::PaymentDown, Change::Fix).await;
@@ -189,6 +204,18 @@ async fn payment_down_cascades_unfixed_and_fails_fast_fixed() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(recovered.is_some(), "orders succeed again once payment answers");
+
+    // Once order's 30 s wait for payment has ended, the cascade's trace is
+    // whole: its time went to waiting for payment's reply.
+    tokio::time::sleep(checkout::UNFIXED_PAYMENT_TIMEOUT.saturating_sub(placed.elapsed())).await;
+    let spans = trace_where(&system, &cascade, |spans| {
+        spans.iter().any(|s| s.service == "order" && s.name == "send svc.payment.charge")
+    })
+    .await;
+    let charge = spans.iter().find(|s| s.service == "order" && s.name == "send svc.payment.charge").unwrap();
+    assert_eq!((charge.status, charge.attr_str("error.type")), (SpanStatus::Error, Some("timeout")));
+    let culprit = tracehop::analysis::summarize(&settled(&system, &cascade).await).and_then(|s| s.culprit).unwrap();
+    assert_eq!((culprit.service.as_str(), culprit.span.as_str()), ("order", "send svc.payment.charge"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

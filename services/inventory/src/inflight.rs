@@ -4,20 +4,33 @@
 //! for its answer here, holding no database connection, instead of queueing
 //! on the order's row lock in PostgreSQL with a connection each. Without it,
 //! a slow reservation and its retries would take three connections, and a
-//! few of them would exhaust the pool and slow every checkout.
+//! few of them would exhaust the pool and slow every checkout. A joining
+//! call's span links to the running one's: the trace then shows what it
+//! waited for.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::watch;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Work in flight, by key; each finished answer is handed to every caller
 /// that asked for the same key meanwhile.
 #[derive(Debug)]
 pub struct InFlight<K, V> {
-    running: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
+    running: Arc<Mutex<HashMap<K, Running<V>>>>,
+}
+
+/// A run in flight: its answer to come, and the span it runs in, which a
+/// joining caller links to (it waits for that span's work, not a child of
+/// its own: the link is what shows where its time goes).
+#[derive(Debug)]
+struct Running<V> {
+    answer: watch::Receiver<Option<V>>,
+    span: opentelemetry::trace::SpanContext,
 }
 
 impl<K, V> Clone for InFlight<K, V> {
@@ -36,7 +49,7 @@ impl<K, V> Default for InFlight<K, V> {
 /// dropped: a follower then sees the channel close and runs on its own.
 struct Leader<K: Hash + Eq, V> {
     key: K,
-    running: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
+    running: Arc<Mutex<HashMap<K, Running<V>>>>,
 }
 
 impl<K: Hash + Eq, V> Drop for Leader<K, V> {
@@ -55,17 +68,20 @@ impl<K: Hash + Eq + Clone, V: Clone> InFlight<K, V> {
     {
         let joined = {
             let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            running.get(&key).cloned()
+            running.get(&key).map(|run| (run.answer.clone(), run.span.clone()))
         };
         // When the first run ends without an answer, run it ourselves.
-        if let Some(mut answer) = joined
-            && let Ok(value) = answer.wait_for(Option::is_some).await
-            && let Some(value) = value.clone()
-        {
-            return (value, true);
+        if let Some((mut answer, leader)) = joined {
+            tracing::Span::current().add_link(leader);
+            if let Ok(value) = answer.wait_for(Option::is_some).await
+                && let Some(value) = value.clone()
+            {
+                return (value, true);
+            }
         }
         let (sender, receiver) = watch::channel(None);
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), receiver);
+        let span = tracing::Span::current().context().span().span_context().clone();
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), Running { answer: receiver, span });
         let leader = Leader { key, running: self.running.clone() };
         let value = work().await;
         let _ = sender.send(Some(value.clone()));
