@@ -65,7 +65,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     println!("  tracehop order --json                 place another order");
     println!("  tracehop trace <trace_id> --wait 5    read its trace back");
     println!("  tracehop watch                        spans as they finish");
-    println!("  tracehop status                       services, consumers, alerts");
+    println!("  tracehop status                       services, consumers, traces, alerts");
+    println!("  tracehop scenario list                the other faults to switch on, and their fixes");
+    println!("  tracehop load --rate 30 --duration 1m then: tracehop slowest");
     println!("  tracehop down                         stop everything");
     Ok(ExitCode::SUCCESS)
 }
