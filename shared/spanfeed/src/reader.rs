@@ -84,7 +84,10 @@ pub(crate) async fn fetch_raw(
                 .map_err(consume_error)?;
             let info = message.info().map_err(consume_error)?;
             pending = info.pending;
-            payloads.push((info.stream_sequence, message.payload.clone()));
+            payloads.push((
+                info.stream_sequence,
+                crate::kept::decode_payload(message.headers.as_ref(), message.payload.clone()),
+            ));
         }
     }
     Ok(payloads)

@@ -166,7 +166,8 @@ async fn scan_stream(
         scan.messages += 1;
         scan.bytes += message.payload.len() as u64;
         if let Some((trace_id, service)) = trace_and_service(message.subject.as_str()) {
-            let batch = Batch { service: service.to_string(), sequence, payload: message.payload.clone() };
+            let payload = crate::kept::decode_payload(message.headers.as_ref(), message.payload.clone());
+            let batch = Batch { service: service.to_string(), sequence, payload };
             match scan.traces.get_mut(trace_id) {
                 Some(batches) => batches.push(batch),
                 None => {
