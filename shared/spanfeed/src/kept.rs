@@ -25,8 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message as _;
 
-use crate::reader::{ReadError, fetch_raw, normalize_trace_id};
-use crate::record::{SpanRecord, decode_spans};
+use crate::reader::{ReadError, decode_sorted, fetch_raw, normalize_trace_id};
+use crate::record::SpanRecord;
 use crate::{MAX_MESSAGE_BYTES, partition_of};
 
 /// The kept traces' stream.
@@ -163,14 +163,7 @@ pub async fn fetch(js: &jetstream::Context, trace_id: &str) -> Result<Vec<SpanRe
     if js.get_stream(STREAM).await.is_err() {
         return Ok(Vec::new());
     }
-    let mut spans: Vec<SpanRecord> = fetch_raw(js, STREAM, &subject(&trace_id), &trace_id)
-        .await?
-        .iter()
-        .filter_map(|(_, payload)| decode_spans(payload).ok())
-        .flatten()
-        .collect();
-    spans.sort_by_key(|span| (span.start_unix_nano, span.end_unix_nano));
-    Ok(spans)
+    Ok(decode_sorted(&fetch_raw(js, STREAM, &subject(&trace_id), &trace_id).await?))
 }
 
 /// How much a stream holds now.

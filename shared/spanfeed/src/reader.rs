@@ -37,14 +37,16 @@ pub fn normalize_trace_id(trace_id: &str) -> Result<String, ReadError> {
 /// message that does not decode is skipped: one bad publisher must not hide
 /// the rest of the trace.
 pub async fn fetch_trace(js: &jetstream::Context, trace_id: &str) -> Result<Vec<SpanRecord>, ReadError> {
-    let mut spans: Vec<SpanRecord> = fetch_trace_raw(js, trace_id)
-        .await?
-        .iter()
-        .filter_map(|(_, payload)| decode_spans(payload).ok())
-        .flatten()
-        .collect();
+    Ok(decode_sorted(&fetch_trace_raw(js, trace_id).await?))
+}
+
+/// The spans of `messages` (as [`fetch_raw`] returns them), sorted by start
+/// time; a message that does not decode is skipped.
+pub(crate) fn decode_sorted(messages: &[(u64, bytes::Bytes)]) -> Vec<SpanRecord> {
+    let mut spans: Vec<SpanRecord> =
+        messages.iter().filter_map(|(_, payload)| decode_spans(payload).ok()).flatten().collect();
     spans.sort_by_key(|span| (span.start_unix_nano, span.end_unix_nano));
-    Ok(spans)
+    spans
 }
 
 /// Every feed message of `trace_id` now, as published (OTLP
