@@ -10,11 +10,15 @@
 //! - [`render`]: waterfalls, watch lines and JSON for traces.
 //! - [`load`]: the load engine behind `tracehop load` (an open model over
 //!   HTTP), callable as a library.
+//! - [`bench`]: the measurements behind `tracehop bench` (the parts'
+//!   limits, the highest sustained rate with tracing on and off, drain, CPU
+//!   per order), on a private system.
 //! - [`analysis`]: critical path, self time, culprit and typical durations of
 //!   traces, behind `tracehop slowest` and `explain`.
 //! - [`term`]: the one ANSI palette and sanitizer of terminal output.
 
 pub mod analysis;
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod load;

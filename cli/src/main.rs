@@ -138,6 +138,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this machine's limits and the system's highest sustained checkout rate, with
+    /// tracing on and off, on a private system of its own; writes BENCHMARKS.md (about 10 minutes).
+    Bench {
+        /// How long each step of the rate search sends.
+        #[arg(long, value_parser = commands::load::parse_duration, default_value = "15s")]
+        step: std::time::Duration,
+        /// The search's first rate, orders per second.
+        #[arg(long, value_name = "RATE", default_value_t = 100.0)]
+        start_rate: f64,
+        /// A rate whose gateway p99 is above this is not sustained.
+        #[arg(long, value_parser = commands::load::parse_duration, default_value = "250ms")]
+        p99_limit: std::time::Duration,
+        /// Most steps per search.
+        #[arg(long, value_name = "N", default_value_t = 9)]
+        max_steps: usize,
+        /// Where the report goes; - for none.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The slowest checkout traces in the span feed, each with its culprit.
     Slowest {
         /// Only checkouts that started within this long, e.g. 15m.
@@ -250,6 +271,12 @@ async fn main() -> ExitCode {
             let args =
                 commands::load::LoadArgs { rate, duration, concurrency_limit, premium_ratio, decline_ratio, timeout };
             commands::load::run(&settings, args, json).await
+        }
+        Command::Bench { step, start_rate, p99_limit, max_steps, out, json } => {
+            let config =
+                tracehop::bench::BenchConfig { step, start_rate, p99_limit, ..tracehop::bench::BenchConfig::default() };
+            let out = (out.as_os_str() != "-").then_some(out);
+            commands::bench::run(&settings, commands::bench::BenchArgs { config, out, max_steps }, json).await
         }
         Command::Slowest { since, limit, json } => commands::slowest::run(&settings, since, limit, json).await,
         Command::Explain { trace_id, wait, json } => commands::explain::run(&settings, &trace_id, wait, json).await,

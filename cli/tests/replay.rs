@@ -321,7 +321,7 @@ async fn a_rebuild_under_live_traffic_converges() {
 /// their statement.
 async fn lock_waiters(system: &TestSystem) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT left(query, 60) FROM pg_stat_activity
+        "SELECT regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock' ORDER BY query",
     )
     .fetch_all(&system.db.pool)

@@ -1,5 +1,6 @@
 //! One module per subcommand; each `run` returns the process's exit code.
 
+pub mod bench;
 pub mod demo;
 pub mod discard;
 pub mod down;

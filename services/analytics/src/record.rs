@@ -1,5 +1,5 @@
 //! The order-event handler: records the event and moves the totals, in one
-//! transaction.
+//! statement.
 
 use sqlx::PgPool;
 use tracehop_db::{describe_error, traced};
@@ -105,15 +105,25 @@ impl Recorder {
         let fact = Fact::of(event).map_err(RecordError::Invalid)?;
         span.record("analytics.kind", fact.kind);
 
-        let mut tx = self.pool.begin().await?;
-        let inserted = traced(
+        // One statement (one round trip, one commit): the totals move only
+        // when the event's insert returned a row. The totals row is an
+        // upsert, so that a missing one is recreated rather than silently
+        // not updated.
+        let counted = traced(
             "INSERT",
             "analytics.order_events",
             sqlx::query(
-                "INSERT INTO analytics.order_events
-                    (event_id, order_id, kind, customer_id, total_cents, item_count, occurred_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, COALESCE(to_timestamp($7::float8 / 1000), now()))
-                 ON CONFLICT (event_id) DO NOTHING",
+                "WITH recorded AS (
+                    INSERT INTO analytics.order_events
+                        (event_id, order_id, kind, customer_id, total_cents, item_count, occurred_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, COALESCE(to_timestamp($7::float8 / 1000), now()))
+                    ON CONFLICT (event_id) DO NOTHING RETURNING 1)
+                 INSERT INTO analytics.totals AS t (id, orders_confirmed, orders_failed, revenue_cents)
+                 SELECT true, $8, $9, $10 FROM recorded
+                 ON CONFLICT (id) DO UPDATE SET
+                    orders_confirmed = t.orders_confirmed + EXCLUDED.orders_confirmed,
+                    orders_failed = t.orders_failed + EXCLUDED.orders_failed,
+                    revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents",
             )
             .bind(event_id)
             .bind(order_id)
@@ -122,37 +132,16 @@ impl Recorder {
             .bind(event.total_cents)
             .bind(fact.item_count)
             .bind(fact.occurred_at_unix_ms)
-            .execute(&mut *tx),
+            .bind(fact.confirmed)
+            .bind(fact.failed)
+            .bind(fact.revenue_cents)
+            .execute(&self.pool),
         )
         .await?
         .rows_affected()
             == 1;
-        span.record("analytics.duplicate", !inserted);
-        if !inserted {
-            // Counted before; dropping the transaction writes nothing.
-            return Ok(false);
-        }
-        // An upsert, so that a missing totals row is recreated rather than
-        // silently not updated.
-        traced(
-            "INSERT",
-            "analytics.totals",
-            sqlx::query(
-                "INSERT INTO analytics.totals AS t (id, orders_confirmed, orders_failed, revenue_cents)
-                 VALUES (true, $1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET
-                    orders_confirmed = t.orders_confirmed + EXCLUDED.orders_confirmed,
-                    orders_failed = t.orders_failed + EXCLUDED.orders_failed,
-                    revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents",
-            )
-            .bind(fact.confirmed)
-            .bind(fact.failed)
-            .bind(fact.revenue_cents)
-            .execute(&mut *tx),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        span.record("analytics.duplicate", !counted);
+        Ok(counted)
     }
 
     /// The pool, for the replay's reset.

@@ -95,12 +95,15 @@ impl Stock {
         let mut tx = self.pool.begin().await?;
         // The order's hold row first: a release of the same order waits for
         // this transaction, and a release that came first is seen.
-        let released: bool = traced(
+        // `xmax = 0` tells a row this statement inserted from one it updated:
+        // a new hold row means no earlier attempt reserved anything, so the
+        // look for an earlier reservation is needed only on a retry.
+        let (released, created): (bool, bool) = traced(
             "INSERT",
             "inventory.order_holds",
-            sqlx::query_scalar(
+            sqlx::query_as(
                 "INSERT INTO inventory.order_holds (order_id) VALUES ($1)
-                 ON CONFLICT (order_id) DO UPDATE SET updated_at = now() RETURNING released",
+                 ON CONFLICT (order_id) DO UPDATE SET updated_at = now() RETURNING released, xmax = 0",
             )
             .bind(order_id)
             .fetch_one(&mut *tx),
@@ -112,19 +115,21 @@ impl Stock {
                 format!("the stock of order {order_id} was already released; it cannot be reserved again"),
             )));
         }
-        let existing: Vec<(String, i32, i64)> = traced(
-            "SELECT",
-            "inventory.reservations",
-            sqlx::query_as(
-                "SELECT sku, quantity, unit_price_cents FROM inventory.reservations
-                 WHERE order_id = $1 AND state <> 'released' ORDER BY sku",
+        if !created {
+            let existing: Vec<(String, i32, i64)> = traced(
+                "SELECT",
+                "inventory.reservations",
+                sqlx::query_as(
+                    "SELECT sku, quantity, unit_price_cents FROM inventory.reservations
+                     WHERE order_id = $1 AND state <> 'released' ORDER BY sku",
+                )
+                .bind(order_id)
+                .fetch_all(&mut *tx),
             )
-            .bind(order_id)
-            .fetch_all(&mut *tx),
-        )
-        .await?;
-        if !existing.is_empty() {
-            return Ok(Ok(priced_reply(existing)));
+            .await?;
+            if !existing.is_empty() {
+                return Ok(Ok(priced_reply(existing)));
+            }
         }
         // The restock queue comes before the products, in the lock order of
         // every transaction that takes both.
@@ -136,6 +141,8 @@ impl Stock {
             span.record("inventory.restock", filed.as_str());
         }
 
+        // Each item is taken from its product and written as reserved in one
+        // statement; SKU order is the lock order.
         let mut reserved = Vec::with_capacity(items.len());
         for item in items {
             let quantity = item.quantity as i32;
@@ -143,9 +150,13 @@ impl Stock {
                 "UPDATE",
                 "inventory.products",
                 sqlx::query_scalar(
-                    "UPDATE inventory.products SET on_hand = on_hand - $2, reserved = reserved + $2
-                     WHERE sku = $1 AND on_hand >= $2 RETURNING price_cents",
+                    "WITH taken AS (
+                        UPDATE inventory.products SET on_hand = on_hand - $3, reserved = reserved + $3
+                        WHERE sku = $2 AND on_hand >= $3 RETURNING price_cents)
+                     INSERT INTO inventory.reservations (order_id, sku, quantity, unit_price_cents, state)
+                     SELECT $1, $2, $3, price_cents, 'reserved' FROM taken RETURNING unit_price_cents",
                 )
+                .bind(order_id)
                 .bind(&item.sku)
                 .bind(quantity)
                 .fetch_optional(&mut *tx),
@@ -171,20 +182,6 @@ impl Stock {
             };
             reserved.push((item.sku.clone(), quantity, price));
         }
-        traced(
-            "INSERT",
-            "inventory.reservations",
-            sqlx::query(
-                "INSERT INTO inventory.reservations (order_id, sku, quantity, unit_price_cents, state)
-                 SELECT $1, * , 'reserved' FROM UNNEST($2::text[], $3::int[], $4::bigint[])",
-            )
-            .bind(order_id)
-            .bind(reserved.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
-            .bind(reserved.iter().map(|r| r.1).collect::<Vec<_>>())
-            .bind(reserved.iter().map(|r| r.2).collect::<Vec<_>>())
-            .execute(&mut *tx),
-        )
-        .await?;
         tx.commit().await?;
         Ok(Ok(priced_reply(reserved)))
     }

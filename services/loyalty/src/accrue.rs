@@ -111,13 +111,14 @@ impl Accrual {
             return Err(AccrueError::Invalid("customer_id is empty".to_string()));
         }
 
-        // Only saves work (price requests) on a redelivery; the insert
-        // below is what guarantees at most one accrual.
-        if self.already_accrued(event_id).await? {
+        // The accrual check only saves work (price requests) on a
+        // redelivery; the insert below is what guarantees at most one
+        // accrual.
+        let (accrued, tier) = self.accrued_and_tier(event_id, &event.customer_id).await?;
+        if accrued {
             span.record("loyalty.duplicate", true);
             return Ok(false);
         }
-        let tier = self.tier(&event.customer_id).await?;
         span.record("loyalty.tier", tier.as_str());
         let points = match tier {
             Tier::Standard => standard_points(event.total_cents),
@@ -174,32 +175,28 @@ impl Accrual {
         Ok(reply.unit_price_cents)
     }
 
-    async fn already_accrued(&self, event_id: Uuid) -> Result<bool, sqlx::Error> {
-        traced(
+    /// Whether the event accrued before, and the customer's tier (a customer
+    /// without an account is standard), in one round trip.
+    async fn accrued_and_tier(&self, event_id: Uuid, customer_id: &str) -> Result<(bool, Tier), sqlx::Error> {
+        let (accrued, tier): (bool, Option<String>) = traced(
             "SELECT",
             "loyalty.accruals",
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM loyalty.accruals WHERE event_id = $1)")
-                .bind(event_id)
-                .fetch_one(&self.pool),
-        )
-        .await
-    }
-
-    /// The customer's tier; a customer without an account is standard.
-    async fn tier(&self, customer_id: &str) -> Result<Tier, sqlx::Error> {
-        let tier: Option<String> = traced(
-            "SELECT",
-            "loyalty.accounts",
-            sqlx::query_scalar("SELECT tier FROM loyalty.accounts WHERE customer_id = $1")
-                .bind(customer_id)
-                .fetch_optional(&self.pool),
+            sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM loyalty.accruals WHERE event_id = $1),
+                        (SELECT tier FROM loyalty.accounts WHERE customer_id = $2)",
+            )
+            .bind(event_id)
+            .bind(customer_id)
+            .fetch_one(&self.pool),
         )
         .await?;
-        Ok(tier.as_deref().map(Tier::from_db).unwrap_or_default())
+        Ok((accrued, tier.as_deref().map(Tier::from_db).unwrap_or_default()))
     }
 
-    /// Records the accrual and adds the points, in one transaction; returns
-    /// false, changing nothing, when the event had already accrued.
+    /// Records the accrual and adds the points, in one statement (one round
+    /// trip, one commit): the account is credited only with what the
+    /// accrual's insert returned. Returns false, changing nothing, when the
+    /// event had already accrued.
     async fn record(
         &self,
         event_id: Uuid,
@@ -207,41 +204,26 @@ impl Accrual {
         customer_id: &str,
         points: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = traced(
+        let credited = traced(
             "INSERT",
             "loyalty.accruals",
             sqlx::query(
-                "INSERT INTO loyalty.accruals (event_id, order_id, customer_id, points)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+                "WITH accrued AS (
+                    INSERT INTO loyalty.accruals (event_id, order_id, customer_id, points)
+                    VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING customer_id, points)
+                 INSERT INTO loyalty.accounts (customer_id, tier, points)
+                 SELECT customer_id, 'standard', points FROM accrued
+                 ON CONFLICT (customer_id)
+                 DO UPDATE SET points = loyalty.accounts.points + EXCLUDED.points, updated_at = now()",
             )
             .bind(event_id)
             .bind(order_id)
             .bind(customer_id)
             .bind(points)
-            .execute(&mut *tx),
+            .execute(&self.pool),
         )
         .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            // Dropping the transaction rolls it back; it wrote nothing.
-            return Ok(false);
-        }
-        traced(
-            "INSERT",
-            "loyalty.accounts",
-            sqlx::query(
-                "INSERT INTO loyalty.accounts (customer_id, tier, points) VALUES ($1, 'standard', $2)
-                 ON CONFLICT (customer_id)
-                 DO UPDATE SET points = loyalty.accounts.points + EXCLUDED.points, updated_at = now()",
-            )
-            .bind(customer_id)
-            .bind(points)
-            .execute(&mut *tx),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .rows_affected();
+        Ok(credited == 1)
     }
 }

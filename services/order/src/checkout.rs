@@ -13,7 +13,7 @@ use tracehop_proto::Reply as _;
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{
     ChargeReply, ChargeRequest, CommitStockReply, CommitStockRequest, Error as WireError, ErrorCode, GetOrderReply,
-    GetOrderRequest, LineItem, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem, ReleaseStockReply,
+    GetOrderRequest, LineItem, Order, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem, ReleaseStockReply,
     ReleaseStockRequest, ReserveStockReply, ReserveStockRequest,
 };
 use tracehop_telemetry::{current_trace_id, record_failure};
@@ -25,7 +25,7 @@ use tracehop_scenarios::{Scenario, Switches};
 
 use crate::breaker::CircuitBreaker;
 use crate::config::Config;
-use crate::store::{Decision, KeyClaim, NewOrder, Store};
+use crate::store::{Decision, KeyClaim, NewOrder, Party, Store, total_cents};
 
 /// How long order waits for a charge while the scenario `payment-down` is
 /// on and unfixed: the timeout it had before the incident taught the 3 s
@@ -169,15 +169,20 @@ impl Orders {
         let order_id = Uuid::now_v7();
         tracing::Span::current().record("order.id", order_id.to_string());
         let context = StoredContext::of(&tracing::Span::current().context());
+        let party = Party {
+            customer_id: request.customer_id.clone(),
+            email: Some(request.email.clone()).filter(|email| !email.is_empty()),
+        };
         let order = NewOrder {
             order_id,
-            customer_id: request.customer_id.clone(),
+            customer_id: party.customer_id.clone(),
             items: request.items.clone(),
-            email: Some(request.email.clone()).filter(|email| !email.is_empty()),
+            email: party.email.clone(),
             trace_id: current_trace_id(),
             traceparent: context.traceparent.clone(),
         };
         self.store.insert_pending(&order).await.map_err(db)?;
+        let lines = request.items.as_slice();
         if let Some((customer, key)) = key {
             self.store.link_key(customer, key, order_id).await.map_err(db)?;
         }
@@ -201,19 +206,20 @@ impl Orders {
                 // The outcome is unknown (a timeout may have reserved): fail,
                 // which records the intent to release, then release.
                 let reason = format!("stock could not be reserved: {error}");
-                return self.fail_and_release(order_id, &[], error.code(), reason, &context).await;
+                let failure = Decision::Failed { code: error.code(), reason };
+                return self.fail_and_release(order_id, &party, lines, &[], failure, &context).await;
             }
         };
 
         if let Err((code, reason)) = self.charge(order_id, reserved.total_cents, &request).await {
-            return self.fail_and_release(order_id, &reserved.items, code, reason, &context).await;
+            let failure = Decision::Failed { code, reason };
+            return self.fail_and_release(order_id, &party, lines, &reserved.items, failure, &context).await;
         }
 
         // Paid: the order is confirmed first and its stock committed after,
         // so that a crash in between leaves a confirmed order whose commit the
         // resolver repeats, never sold stock for an order that then fails.
-        let order = self.store.decide(order_id, &Decision::Confirmed, &reserved.items, &context).await.map_err(db)?;
-        self.outbox_written.notify_one();
+        let order = self.decide(order_id, &party, lines, &Decision::Confirmed, &reserved.items, &context).await?;
         if order.status != OrderStatus::Confirmed as i32 {
             // The resolver failed this checkout while it was stuck; payment
             // refunds the charge when it sees the order's failure.
@@ -368,39 +374,56 @@ impl Orders {
     /// Fails the order, then gives its stock back: the failure records the
     /// intent to release in the same transaction, so a release that does not
     /// get through now (inventory or its database down) is repeated by the
-    /// repair loop until it does.
+    /// repair loop until it does. `lines` are the order's lines as far as
+    /// the caller knows them (for the answer only).
     pub(crate) async fn fail_and_release(
         &self,
         order_id: Uuid,
+        party: &Party,
+        lines: &[LineItem],
         priced: &[PricedItem],
-        code: ErrorCode,
-        reason: String,
+        failure: Decision,
         context: &StoredContext,
     ) -> Result<PlaceOrderReply, WireError> {
-        let reply = self.fail(order_id, priced, code, reason, context).await?;
+        let Decision::Failed { code, reason } = &failure else {
+            return Err(WireError::new(ErrorCode::Internal, "internal error: a failure was expected"));
+        };
+        record_failure(&tracing::Span::current(), code.short_name(), reason);
+        let error = WireError::new(*code, reason.clone());
+        let order = self.decide(order_id, party, lines, &failure, priced, context).await?;
         if self.release(order_id).await.is_ok()
             && let Err(error) = self.store.mark_released(order_id).await
         {
             tracing::warn!(order.id = %order_id, error = %tracehop_db::describe_error(&error), "failed to record a stock release; the repair loop repeats it");
         }
-        Ok(reply)
+        Ok(PlaceOrderReply { error: Some(error), order: Some(order) })
     }
 
-    /// Fails the order (and writes `orders.failed`), answering with the
-    /// failed order and the reason.
-    async fn fail(
+    /// Decides the order (writing its event to the outbox and waking the
+    /// relay) and answers with it as decided, built from what the checkout
+    /// knows rather than read back; an order the resolver decided first is
+    /// read as it is.
+    async fn decide(
         &self,
         order_id: Uuid,
+        party: &Party,
+        lines: &[LineItem],
+        decision: &Decision,
         priced: &[PricedItem],
-        code: ErrorCode,
-        reason: String,
         context: &StoredContext,
-    ) -> Result<PlaceOrderReply, WireError> {
-        record_failure(&tracing::Span::current(), code.short_name(), &reason);
-        let decision = Decision::Failed { code, reason: reason.clone() };
-        let order = self.store.decide(order_id, &decision, priced, context).await.map_err(db)?;
-        self.outbox_written.notify_one();
-        Ok(PlaceOrderReply { error: Some(WireError::new(code, reason)), order: Some(order) })
+    ) -> Result<Order, WireError> {
+        match self.store.decide(order_id, party, decision, priced, context).await.map_err(db)? {
+            Some(created_at_unix_ms) => {
+                self.outbox_written.notify_one();
+                Ok(decided_order(order_id, party, lines, decision, priced, created_at_unix_ms))
+            }
+            None => self
+                .store
+                .get(order_id)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| WireError::new(ErrorCode::Internal, "internal error: the order vanished")),
+        }
     }
 
     /// Asks inventory to give the order's reserved stock back; the units
@@ -423,6 +446,41 @@ impl Orders {
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+}
+
+/// The order as [`Orders::decide`] just wrote it: its lines sorted by SKU
+/// (as [`Store::get`] reads them), priced where `priced` says.
+fn decided_order(
+    order_id: Uuid,
+    party: &Party,
+    lines: &[LineItem],
+    decision: &Decision,
+    priced: &[PricedItem],
+    created_at_unix_ms: i64,
+) -> Order {
+    let mut items: Vec<PricedItem> = lines
+        .iter()
+        .map(|line| PricedItem {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: priced.iter().find(|p| p.sku == line.sku).map_or(0, |p| p.unit_price_cents),
+        })
+        .collect();
+    items.sort_by(|a, b| a.sku.cmp(&b.sku));
+    let (status, failure_code, failure_reason) = match decision {
+        Decision::Confirmed => (OrderStatus::Confirmed, 0, String::new()),
+        Decision::Failed { code, reason } => (OrderStatus::Failed, *code as i32, reason.clone()),
+    };
+    Order {
+        order_id: order_id.to_string(),
+        customer_id: party.customer_id.clone(),
+        status: status as i32,
+        items,
+        total_cents: total_cents(priced),
+        failure_reason,
+        failure_code,
+        created_at_unix_ms,
     }
 }
 

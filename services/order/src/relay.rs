@@ -14,9 +14,8 @@ use async_nats::jetstream;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracehop_db::traced;
 use tracehop_messaging::headers::StoredContext;
-use tracehop_messaging::publish_event;
+use tracehop_messaging::send_event;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
@@ -61,13 +60,19 @@ impl Relay {
         }
     }
 
-    /// One round: publishes up to [`BATCH`] unpublished rows in order and
-    /// returns how many were published. It stops at the first failure, so
-    /// that events leave in the order they were decided.
+    /// One round: publishes up to [`BATCH`] unpublished rows and returns how
+    /// many were stored. The whole batch is sent in order first and the acks
+    /// awaited after, so a round costs one round trip to the stream and one
+    /// statement to mark it, not one of each per event. Each event's publish
+    /// runs in a `relay outbox event` span in its order's trace, from its
+    /// send to its ack. An event whose ack fails stays unpublished and goes
+    /// out in a later round, after events sent behind it in this one: each
+    /// order has one event, so no consumer depends on the order between
+    /// events of different orders.
     pub async fn publish_pending(&self) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // The poll itself is not traced: it belongs to no checkout, and most
-        // rounds find nothing.
+        // The poll and the marking are not traced: they belong to no
+        // checkout, and most rounds find nothing.
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, event_id, subject, payload_type, payload, traceparent, tracestate, baggage
              FROM ordering.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -75,7 +80,11 @@ impl Relay {
         .bind(BATCH)
         .fetch_all(&mut *tx)
         .await?;
-        let mut published = 0;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut sent = Vec::with_capacity(rows.len());
         for (id, event_id, subject, payload_type, payload, traceparent, tracestate, baggage) in rows {
             let stored = StoredContext { traceparent, tracestate, baggage };
             let span = tracing::info_span!(
@@ -85,41 +94,31 @@ impl Relay {
                 messaging.message.id = %event_id,
             );
             let _ = span.set_parent(stored.context());
-            let event_id_text = event_id.to_string();
-            let ok = async {
-                let outcome = publish_event(
-                    &self.js,
-                    &subject,
-                    &event_id_text,
-                    &payload_type,
-                    payload,
-                    tracing::Span::current().context(),
-                )
+            let pending = send_event(&self.js, &subject, &event_id.to_string(), &payload_type, payload, span.context())
+                .instrument(span.clone())
                 .await;
-                let error = outcome.as_ref().err().map(|error| tracehop_telemetry::error_chain(error));
-                traced(
-                    "UPDATE",
-                    "ordering.outbox",
-                    sqlx::query(
-                        "UPDATE ordering.outbox SET attempts = attempts + 1, last_error = $2,
-                                published_at = CASE WHEN $2 IS NULL THEN now() END
-                         WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(&error)
-                    .execute(&mut *tx),
-                )
-                .await
-                .map(|_| error.is_none())
-            }
-            .instrument(span)
-            .await?;
-            if !ok {
-                break;
-            }
-            published += 1;
+            sent.push((id, span, pending));
         }
+        let mut ids = Vec::with_capacity(sent.len());
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(sent.len());
+        for (id, span, pending) in sent {
+            let outcome = match pending {
+                Ok(pending) => pending.stored().instrument(span).await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            ids.push(id);
+            errors.push(outcome.err().map(|error| tracehop_telemetry::error_chain(&error)));
+        }
+        sqlx::query(
+            "UPDATE ordering.outbox o SET attempts = o.attempts + 1, last_error = u.error,
+                    published_at = CASE WHEN u.error IS NULL THEN now() END
+             FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE o.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&errors)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(published)
+        Ok(errors.iter().filter(|error| error.is_none()).count())
     }
 }

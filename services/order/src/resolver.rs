@@ -25,7 +25,7 @@ use tracehop_db::describe_error;
 use tracehop_telemetry::record_failure;
 
 use crate::checkout::Orders;
-use crate::store::DueRelease;
+use crate::store::{Decision, DueRelease};
 
 /// Runs a resolution round every `interval` until `shutdown`.
 pub async fn run(orders: Orders, interval: Duration, pending_timeout: Duration, shutdown: CancellationToken) {
@@ -41,12 +41,13 @@ pub async fn run(orders: Orders, interval: Duration, pending_timeout: Duration, 
 }
 
 async fn round(orders: &Orders, pending_timeout: Duration) -> Result<(), sqlx::Error> {
-    for (order_id, context) in orders.store().interrupted(pending_timeout).await? {
+    for (order_id, party, context) in orders.store().interrupted(pending_timeout).await? {
         let span = tracing::info_span!("resolve interrupted checkout", otel.kind = "internal", order.id = %order_id);
         let _ = span.set_parent(context.context());
         async {
             let reason = "the checkout was interrupted; the order was not completed".to_string();
-            if let Err(error) = orders.fail_and_release(order_id, &[], ErrorCode::Unavailable, reason, &context).await {
+            let failure = Decision::Failed { code: ErrorCode::Unavailable, reason };
+            if let Err(error) = orders.fail_and_release(order_id, &party, &[], &[], failure, &context).await {
                 tracing::warn!(order.id = %order_id, error = %error.message, "failed to fail an interrupted order");
             }
         }

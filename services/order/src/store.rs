@@ -21,6 +21,19 @@ pub struct NewOrder {
     pub traceparent: Option<String>,
 }
 
+/// Who an order is for: what its event carries besides the decision.
+#[derive(Clone, Debug)]
+pub struct Party {
+    pub customer_id: String,
+    /// Personal data: carried to notification, never logged.
+    pub email: Option<String>,
+}
+
+/// The sum of the priced lines.
+pub fn total_cents(priced: &[PricedItem]) -> i64 {
+    priced.iter().map(|i| i.unit_price_cents * i64::from(i.quantity)).sum()
+}
+
 /// How an order ends.
 #[derive(Clone, Debug)]
 pub enum Decision {
@@ -60,69 +73,58 @@ impl Store {
         Self { pool }
     }
 
-    /// Writes the order as `pending`, with its lines.
+    /// Writes the order as `pending`, with its lines, in one statement (so
+    /// one round trip and one commit): the lines' insert reads the order's
+    /// from a data-modifying CTE, and the foreign key is checked at the end
+    /// of the statement, when both are there.
     pub async fn insert_pending(&self, order: &NewOrder) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
         traced(
             "INSERT",
             "ordering.orders",
             sqlx::query(
-                "INSERT INTO ordering.orders (order_id, customer_id, status, email, trace_id, traceparent)
-                 VALUES ($1, $2, 'pending', $3, $4, $5)",
+                "WITH o AS (
+                    INSERT INTO ordering.orders (order_id, customer_id, status, email, trace_id, traceparent)
+                    VALUES ($1, $2, 'pending', $3, $4, $5) RETURNING order_id)
+                 INSERT INTO ordering.order_items (order_id, sku, quantity)
+                 SELECT o.order_id, i.sku, i.quantity FROM o, UNNEST($6::text[], $7::int[]) AS i(sku, quantity)",
             )
             .bind(order.order_id)
             .bind(&order.customer_id)
             .bind(&order.email)
             .bind(&order.trace_id)
             .bind(&order.traceparent)
-            .execute(&mut *tx),
-        )
-        .await?;
-        traced(
-            "INSERT",
-            "ordering.order_items",
-            sqlx::query(
-                "INSERT INTO ordering.order_items (order_id, sku, quantity)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::int[])",
-            )
-            .bind(order.order_id)
             .bind(order.items.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
             .bind(order.items.iter().map(|i| i.quantity as i32).collect::<Vec<_>>())
-            .execute(&mut *tx),
+            .execute(&self.pool),
         )
-        .await?;
-        tx.commit().await
+        .await
+        .map(|_| ())
     }
 
     /// Removes a pending order that was rejected before anything was
     /// reserved or charged, so that a rejected request leaves nothing behind.
+    /// One statement: the lines go with the order, and the foreign key is
+    /// checked once both are gone.
     pub async fn delete_pending(&self, order_id: Uuid) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        traced(
-            "DELETE",
-            "ordering.order_items",
-            sqlx::query(
-                "DELETE FROM ordering.order_items WHERE order_id = $1
-                 AND EXISTS (SELECT 1 FROM ordering.orders WHERE order_id = $1 AND status = 'pending')",
-            )
-            .bind(order_id)
-            .execute(&mut *tx),
-        )
-        .await?;
         traced(
             "DELETE",
             "ordering.orders",
-            sqlx::query("DELETE FROM ordering.orders WHERE order_id = $1 AND status = 'pending'")
-                .bind(order_id)
-                .execute(&mut *tx),
+            sqlx::query(
+                "WITH o AS (DELETE FROM ordering.orders WHERE order_id = $1 AND status = 'pending' RETURNING order_id)
+                 DELETE FROM ordering.order_items WHERE order_id IN (SELECT order_id FROM o)",
+            )
+            .bind(order_id)
+            .execute(&self.pool),
         )
-        .await?;
-        tx.commit().await
+        .await
+        .map(|_| ())
     }
 
-    /// Records the order's fate and, in the same transaction, its event in
-    /// the outbox together with `context` (the trace the event belongs to).
-    /// An order already decided is returned as it is, with no second event.
+    /// Records the order's fate and, in the same statement (so one round
+    /// trip and one commit), its priced lines and its event in the outbox
+    /// together with `context` (the trace the event belongs to). Returns
+    /// when the order was created (Unix ms), or `None`, writing nothing, when
+    /// it was already decided: an order is decided once, with one event.
     /// A failed order also gets the durable intent to release its stock
     /// (any failed order may hold some: a reserve that timed out may still
     /// have gone through), which [`Store::releases_due`] hands to the repair
@@ -130,66 +132,27 @@ impl Store {
     pub async fn decide(
         &self,
         order_id: Uuid,
+        party: &Party,
         decision: &Decision,
         priced: &[PricedItem],
         context: &StoredContext,
-    ) -> Result<Order, sqlx::Error> {
-        let total: i64 = priced.iter().map(|i| i.unit_price_cents * i64::from(i.quantity)).sum();
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let total = total_cents(priced);
         let (status, code, reason) = match decision {
             Decision::Confirmed => ("confirmed", None, None),
             Decision::Failed { code, reason } => ("failed", Some(*code as i32), Some(reason.as_str())),
         };
-        let mut tx = self.pool.begin().await?;
-        let decided: Option<(String, Option<String>)> = traced(
-            "UPDATE",
-            "ordering.orders",
-            sqlx::query_as(
-                "UPDATE ordering.orders SET status = $2, total_cents = $3, failure_code = $4, failure_reason = $5,
-                        stock_release_pending = ($2 = 'failed'),
-                        release_next_at = CASE WHEN $2 = 'failed' THEN now() + make_interval(secs => $6) END,
-                        updated_at = now()
-                 WHERE order_id = $1 AND status = 'pending' RETURNING customer_id, email",
-            )
-            .bind(order_id)
-            .bind(status)
-            .bind(total)
-            .bind(code)
-            .bind(reason)
-            .bind(FIRST_REPAIR_AFTER.as_secs_f64())
-            .fetch_optional(&mut *tx),
-        )
-        .await?;
-        let Some((customer_id, email)) = decided else {
-            tx.rollback().await?;
-            return self.get(order_id).await?.ok_or(sqlx::Error::RowNotFound);
-        };
-        if !priced.is_empty() {
-            traced(
-                "UPDATE",
-                "ordering.order_items",
-                sqlx::query(
-                    "UPDATE ordering.order_items o SET unit_price_cents = p.price
-                     FROM UNNEST($2::text[], $3::bigint[]) AS p(sku, price)
-                     WHERE o.order_id = $1 AND o.sku = p.sku",
-                )
-                .bind(order_id)
-                .bind(priced.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
-                .bind(priced.iter().map(|i| i.unit_price_cents).collect::<Vec<_>>())
-                .execute(&mut *tx),
-            )
-            .await?;
-        }
         let event_id = Uuid::now_v7();
         let event = OrderEvent {
             event_id: event_id.to_string(),
             order_id: order_id.to_string(),
-            customer_id,
+            customer_id: party.customer_id.clone(),
             status: if matches!(decision, Decision::Confirmed) { OrderStatus::Confirmed } else { OrderStatus::Failed }
                 as i32,
             items: priced.to_vec(),
             total_cents: total,
             failure_reason: reason.unwrap_or_default().to_string(),
-            email: email.unwrap_or_default(),
+            email: party.email.clone().unwrap_or_default(),
             occurred_at_unix_ms: tracehop_telemetry::now_unix_ms(),
         };
         let subject = match decision {
@@ -197,12 +160,33 @@ impl Store {
             Decision::Failed { .. } => subjects::ORDER_FAILED,
         };
         traced(
-            "INSERT",
-            "ordering.outbox",
-            sqlx::query(
-                "INSERT INTO ordering.outbox (event_id, subject, payload_type, payload, traceparent, tracestate, baggage)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "UPDATE",
+            "ordering.orders",
+            sqlx::query_scalar(
+                "WITH decided AS (
+                    UPDATE ordering.orders SET status = $2, total_cents = $3, failure_code = $4, failure_reason = $5,
+                           stock_release_pending = ($2 = 'failed'),
+                           release_next_at = CASE WHEN $2 = 'failed' THEN now() + make_interval(secs => $6) END,
+                           updated_at = now()
+                    WHERE order_id = $1 AND status = 'pending'
+                    RETURNING (EXTRACT(EPOCH FROM created_at) * 1000)::bigint AS created_ms),
+                 priced AS (
+                    UPDATE ordering.order_items o SET unit_price_cents = p.price
+                    FROM UNNEST($7::text[], $8::bigint[]) AS p(sku, price), decided
+                    WHERE o.order_id = $1 AND o.sku = p.sku),
+                 event AS (
+                    INSERT INTO ordering.outbox (event_id, subject, payload_type, payload, traceparent, tracestate, baggage)
+                    SELECT $9, $10, $11, $12, $13, $14, $15 FROM decided)
+                 SELECT created_ms FROM decided",
             )
+            .bind(order_id)
+            .bind(status)
+            .bind(total)
+            .bind(code)
+            .bind(reason)
+            .bind(FIRST_REPAIR_AFTER.as_secs_f64())
+            .bind(priced.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
+            .bind(priced.iter().map(|i| i.unit_price_cents).collect::<Vec<_>>())
             .bind(event_id)
             .bind(subject)
             .bind(OrderEvent::full_name())
@@ -210,11 +194,9 @@ impl Store {
             .bind(&context.traceparent)
             .bind(&context.tracestate)
             .bind(&context.baggage)
-            .execute(&mut *tx),
+            .fetch_optional(&self.pool),
         )
-        .await?;
-        tx.commit().await?;
-        self.get(order_id).await?.ok_or(sqlx::Error::RowNotFound)
+        .await
     }
 
     /// The order with its lines, if it exists.
@@ -368,13 +350,13 @@ impl Store {
     }
 
     /// Checkouts still pending after `older_than`: interrupted by a crash.
-    /// Each comes with the context of its checkout.
+    /// Each comes with who it is for and the context of its checkout.
     pub async fn interrupted(
         &self,
         older_than: std::time::Duration,
-    ) -> Result<Vec<(Uuid, StoredContext)>, sqlx::Error> {
-        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT order_id, traceparent FROM ordering.orders
+    ) -> Result<Vec<(Uuid, Party, StoredContext)>, sqlx::Error> {
+        let rows: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT order_id, customer_id, email, traceparent FROM ordering.orders
              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 100",
         )
         .bind(older_than.as_secs_f64())
@@ -382,7 +364,9 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, traceparent)| (id, StoredContext { traceparent, ..StoredContext::default() }))
+            .map(|(id, customer_id, email, traceparent)| {
+                (id, Party { customer_id, email }, StoredContext { traceparent, ..StoredContext::default() })
+            })
             .collect())
     }
 

@@ -9,6 +9,29 @@ use uuid::Uuid;
 
 use crate::card::{CardNumber, Outcome};
 
+/// payment_id, card_last4, status, decline_reason.
+type PaymentRow = (Uuid, Option<String>, String, Option<String>);
+
+/// The answer a stored payment gives, to its first request and every retry.
+fn answer((payment_id, card_last4, status, reason): PaymentRow) -> Result<ChargeReply, WireError> {
+    tracing::Span::current().record("payment.status", status.as_str());
+    if status == "voided" || status == "refunded" {
+        Err(WireError::new(ErrorCode::PaymentDeclined, "payment declined: the order was cancelled"))
+    } else if status == "approved" {
+        Ok(ChargeReply {
+            error: None,
+            payment_id: payment_id.to_string(),
+            status: PaymentStatus::Approved as i32,
+            card_last4: card_last4.unwrap_or_default(),
+        })
+    } else {
+        Err(WireError::new(
+            ErrorCode::PaymentDeclined,
+            format!("payment declined: {}", reason.unwrap_or_else(|| "declined".to_string())),
+        ))
+    }
+}
+
 /// The simulated processor.
 #[derive(Clone, Debug)]
 pub struct Processor {
@@ -47,12 +70,15 @@ impl Processor {
                 return Err(WireError::new(ErrorCode::PaymentFailed, "the card processor failed to answer"));
             }
         };
-        traced(
+        // The insert answers with what it stored; when a concurrent retry won
+        // it, the stored outcome is read instead.
+        let row: Option<PaymentRow> = traced(
             "INSERT",
             "payment.payments",
-            sqlx::query(
+            sqlx::query_as(
                 "INSERT INTO payment.payments (order_id, payment_id, amount_cents, card_last4, status, decline_reason)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING
+                 RETURNING payment_id, card_last4, status, decline_reason",
             )
             .bind(order_id)
             .bind(Uuid::now_v7())
@@ -60,16 +86,21 @@ impl Processor {
             .bind(card.last4())
             .bind(status)
             .bind(reason)
-            .execute(&self.pool),
+            .fetch_optional(&self.pool),
         )
         .await
         .map_err(|e| wire_error(&e))?;
-        // Read back what is stored: a concurrent retry may have won the insert.
-        self.stored(order_id).await?.unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "internal error")))
+        match row {
+            Some(row) => answer(row),
+            None => self
+                .stored(order_id)
+                .await?
+                .unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "internal error"))),
+        }
     }
 
     async fn stored(&self, order_id: Uuid) -> Result<Option<Result<ChargeReply, WireError>>, WireError> {
-        let row: Option<(Uuid, Option<String>, String, Option<String>)> = traced(
+        let row: Option<PaymentRow> = traced(
             "SELECT",
             "payment.payments",
             sqlx::query_as(
@@ -80,23 +111,6 @@ impl Processor {
         )
         .await
         .map_err(|e| wire_error(&e))?;
-        Ok(row.map(|(payment_id, card_last4, status, reason)| {
-            tracing::Span::current().record("payment.status", status.as_str());
-            if status == "voided" || status == "refunded" {
-                Err(WireError::new(ErrorCode::PaymentDeclined, "payment declined: the order was cancelled"))
-            } else if status == "approved" {
-                Ok(ChargeReply {
-                    error: None,
-                    payment_id: payment_id.to_string(),
-                    status: PaymentStatus::Approved as i32,
-                    card_last4: card_last4.unwrap_or_default(),
-                })
-            } else {
-                Err(WireError::new(
-                    ErrorCode::PaymentDeclined,
-                    format!("payment declined: {}", reason.unwrap_or_else(|| "declined".to_string())),
-                ))
-            }
-        }))
+        Ok(row.map(answer))
     }
 }

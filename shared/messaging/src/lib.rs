@@ -40,7 +40,7 @@ pub mod w3c;
 pub use consume::{
     BoxError, DeadLetter, Delivery, Failure, ProcessError, run_consumer, run_consumer_pausable, store_dead_letter,
 };
-pub use publish::{PublishError, publish_event};
+pub use publish::{PendingPublish, PublishError, publish_event, send_event};
 pub use replay::{Outcome, Projection, ProjectionError, ResetError, run_projection, run_projection_pausable};
 pub use request::{RequestError, probe, request, request_reply};
 pub use serve::{Responder, Withhold, serve};

@@ -1,4 +1,7 @@
-//! [`publish_event`]: a traced JetStream publish that waits for the ack.
+//! [`publish_event`]: a traced JetStream publish that waits for the ack;
+//! [`send_event`] and [`PendingPublish::stored`], its two halves, for a batch.
+
+use std::future::IntoFuture as _;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
@@ -50,6 +53,52 @@ pub async fn publish_event(
     payload: Vec<u8>,
     parent: opentelemetry::Context,
 ) -> Result<Published, PublishError> {
+    send_event(js, subject, event_id, payload_type, payload, parent).await?.stored().await
+}
+
+/// An event sent to its stream whose ack has not been awaited yet: sending
+/// a batch first and awaiting the acks after keeps one round trip per batch
+/// instead of one per event, with the events in the stream in the order they
+/// were sent.
+#[must_use = "only the stream's ack means the event is stored"]
+pub struct PendingPublish {
+    span: tracing::Span,
+    subject: String,
+    event_id: String,
+    ack: PublishAckFuture,
+}
+
+impl PendingPublish {
+    /// Waits for the stream's ack, and ends the PRODUCER span with it.
+    pub async fn stored(self) -> Result<Published, PublishError> {
+        let Self { span, subject, event_id, ack } = self;
+        let result = ack
+            .into_future()
+            .instrument(span.clone())
+            .await
+            .map(|ack| Published { sequence: ack.sequence, duplicate: ack.duplicate })
+            .map_err(|source| PublishError::Ack { subject, event_id, source });
+        match &result {
+            Ok(published) => {
+                span.record("messaging.nats.stream.sequence", published.sequence as i64);
+                span.record("messaging.nats.duplicate", published.duplicate);
+            }
+            Err(error) => record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(error)),
+        }
+        result
+    }
+}
+
+/// The first half of [`publish_event`]: sends the event in its PRODUCER
+/// span and returns without waiting for the ack.
+pub async fn send_event(
+    js: &jetstream::Context,
+    subject: &str,
+    event_id: &str,
+    payload_type: &str,
+    payload: Vec<u8>,
+    parent: opentelemetry::Context,
+) -> Result<PendingPublish, PublishError> {
     let span = tracing::info_span!(
         "nats.publish",
         otel.name = %format!("publish {subject}"),
@@ -65,30 +114,21 @@ pub async fn publish_event(
         messaging.nats.duplicate = tracing::field::Empty,
     );
     let _ = span.set_parent(parent);
-    let result: Result<Published, PublishError> = async {
+    let sent = async {
         let mut message_headers = HeaderMap::new();
         headers::inject(&tracing::Span::current().context(), &mut message_headers);
         message_headers.insert(MESSAGE_ID, event_id);
         message_headers.insert(PAYLOAD_TYPE, payload_type);
-        let pending: PublishAckFuture =
-            js.publish_with_headers(subject.to_string(), message_headers, payload.into()).await.map_err(|source| {
-                PublishError::Send { subject: subject.to_string(), event_id: event_id.to_string(), source }
-            })?;
-        let ack = pending.await.map_err(|source| PublishError::Ack {
-            subject: subject.to_string(),
-            event_id: event_id.to_string(),
-            source,
-        })?;
-        Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+        js.publish_with_headers(subject.to_string(), message_headers, payload.into()).await
     }
     .instrument(span.clone())
     .await;
-    match &result {
-        Ok(published) => {
-            span.record("messaging.nats.stream.sequence", published.sequence as i64);
-            span.record("messaging.nats.duplicate", published.duplicate);
+    match sent {
+        Ok(ack) => Ok(PendingPublish { span, subject: subject.to_string(), event_id: event_id.to_string(), ack }),
+        Err(source) => {
+            let error = PublishError::Send { subject: subject.to_string(), event_id: event_id.to_string(), source };
+            record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(&error));
+            Err(error)
         }
-        Err(error) => record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(error)),
     }
-    result
 }

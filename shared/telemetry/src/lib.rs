@@ -69,15 +69,21 @@ pub struct Telemetry {
     feed_stats: Option<Arc<FeedStats>>,
 }
 
+/// Installs the W3C propagators (trace context, then baggage) as the global
+/// one, which the NATS header carriers use.
+pub fn install_propagator() {
+    opentelemetry::global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+}
+
 /// Installs the global tracing subscriber, tracer provider and W3C
 /// propagators (trace context and baggage). Call once, from within the tokio
 /// runtime, before any span is made. `span_feed` is the JetStream context the
 /// feed is published through; `None` exports to OTLP only.
 pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::Context>) -> anyhow::Result<Telemetry> {
-    opentelemetry::global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    install_propagator();
 
     let resource = Resource::builder()
         .with_service_name(config.service_name)
