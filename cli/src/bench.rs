@@ -190,9 +190,9 @@ impl BenchReport {
     }
 
     /// CPU milliseconds per confirmed order for each process, at the highest
-    /// sustained traced rate.
-    pub fn cpu_ms_per_order(&self) -> BTreeMap<String, f64> {
-        let Some(best) = self.traced.best() else { return BTreeMap::new() };
+    /// sustained rate of `search`.
+    pub fn cpu_ms_per_order(search: &Search) -> BTreeMap<String, f64> {
+        let Some(best) = search.best() else { return BTreeMap::new() };
         let orders = best.confirmed.max(1) as f64;
         best.cpu_seconds.iter().map(|(process, seconds)| (process.clone(), seconds * 1000.0 / orders)).collect()
     }

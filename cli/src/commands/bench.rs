@@ -277,7 +277,8 @@ pub fn report_json(report: &BenchReport) -> Value {
             }),
             Err(why) => json!({ "error": why }),
         },
-        "cpu_ms_per_order": report.cpu_ms_per_order(),
+        "cpu_ms_per_order": BenchReport::cpu_ms_per_order(&report.traced),
+        "cpu_ms_per_order_untraced": BenchReport::cpu_ms_per_order(&report.untraced),
         "elapsed_s": report.elapsed.as_secs_f64(),
     })
 }
@@ -385,14 +386,15 @@ pub fn markdown(report: &BenchReport) -> String {
     for (title, search) in [("100% tracing", &report.traced), ("tracing off", &report.untraced)] {
         let _ = writeln!(out, "### The rate search, {title}\n\n```\n{}```\n", steps_table(search));
     }
-    let cpu = report.cpu_ms_per_order();
-    if !cpu.is_empty() {
+    let traced = BenchReport::cpu_ms_per_order(&report.traced);
+    if !traced.is_empty() {
+        let untraced = BenchReport::cpu_ms_per_order(&report.untraced);
         let _ = writeln!(
             out,
-            "## CPU per order\n\nCPU milliseconds per confirmed order at the highest sustained rate with 100% \
-             tracing, from `/proc/<pid>/stat` (PostgreSQL: the server's own processes and this database's \
-             backends).\n\n```\n{}```\n",
-            cpu_table(&cpu)
+            "## CPU per order\n\nCPU milliseconds per confirmed order at the highest sustained rate of each \
+             search, from `/proc/<pid>/stat` (PostgreSQL: the server's own processes and this database's \
+             backends). The last column is what 100% tracing adds.\n\n```\n{}```\n",
+            cpu_table(&traced, &untraced)
         );
     }
     out
@@ -415,19 +417,31 @@ fn steps_table(search: &Search) -> String {
     super::load::table_text(&table)
 }
 
-fn cpu_table(cpu: &BTreeMap<String, f64>) -> String {
-    let total: f64 = cpu.values().sum();
-    let mut rows: Vec<(&String, &f64)> = cpu.iter().collect();
+fn cpu_table(traced: &BTreeMap<String, f64>, untraced: &BTreeMap<String, f64>) -> String {
+    let total = |cpu: &BTreeMap<String, f64>| cpu.values().sum::<f64>();
+    let (traced_total, untraced_total) = (total(traced), total(untraced));
+    let mut rows: Vec<(&String, &f64)> = traced.iter().collect();
     rows.sort_by(|a, b| b.1.total_cmp(a.1));
-    let mut table = super::load::table(&["process", "CPU ms / order", "share"]);
+    let mut table = super::load::table(&["process", "traced ms/order", "share", "untraced ms/order", "tracing adds"]);
+    let untraced_cell = |ms: Option<f64>| ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.2}"));
     for (process, ms) in rows {
+        let off = untraced.get(process).copied();
         table.add_row(vec![
             process.clone(),
             format!("{ms:.2}"),
-            format!("{:.0}%", if total > 0.0 { ms / total * 100.0 } else { 0.0 }),
+            format!("{:.0}%", if traced_total > 0.0 { ms / traced_total * 100.0 } else { 0.0 }),
+            untraced_cell(off),
+            off.map_or_else(|| "-".to_string(), |off| format!("{:+.2}", ms - off)),
         ]);
     }
-    table.add_row(vec!["total".to_string(), format!("{total:.2}"), "100%".to_string()]);
-    super::load::right_align(&mut table, &[1, 2]);
+    let off_total = (untraced_total > 0.0).then_some(untraced_total);
+    table.add_row(vec![
+        "total".to_string(),
+        format!("{traced_total:.2}"),
+        "100%".to_string(),
+        untraced_cell(off_total),
+        off_total.map_or_else(|| "-".to_string(), |off| format!("{:+.2}", traced_total - off)),
+    ]);
+    super::load::right_align(&mut table, &[1, 2, 3, 4]);
     super::load::table_text(&table)
 }
