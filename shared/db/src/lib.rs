@@ -78,7 +78,9 @@ where
         db.query.summary = %format!("{operation} {table}"),
         db.response.status_code = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
     let result = statement.instrument(span.clone()).await;
+    record_duration(started.elapsed(), operation, table, result.as_ref().err());
     if let Err(error) = &result {
         let code = match error {
             sqlx::Error::Database(db_error) => db_error.code().map(|c| c.to_string()),
@@ -91,6 +93,18 @@ where
         record_failure(&span, &error_type, &format!("{operation} {table} failed ({})", sqlx_error_kind(error)));
     }
     result
+}
+
+/// Records one `db.client.operation.duration`, with the SQLSTATE (or the
+/// kind of failure) as `error.type` when the statement failed.
+fn record_duration(elapsed: Duration, operation: &str, table: &str, error: Option<&sqlx::Error>) {
+    let error_type = error.map(|error| match error {
+        sqlx::Error::Database(db_error) => {
+            db_error.code().map_or_else(|| "database_error".to_string(), |c| c.to_string())
+        }
+        other => sqlx_error_kind(other).to_string(),
+    });
+    tracehop_telemetry::metrics::db_client_operation(elapsed, operation, table, error_type.as_deref());
 }
 
 /// How many times in all [`retry_transient`] runs a transaction.
