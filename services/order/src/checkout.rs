@@ -79,7 +79,6 @@ impl Orders {
             order.idempotency_key_present = !request.idempotency_key.is_empty(),
             order.idempotent_replay = tracing::field::Empty,
         ),
-        err(Display)
     )]
     pub async fn place(self, request: PlaceOrderRequest) -> Result<PlaceOrderReply, WireError> {
         request.validate().map_err(|error| WireError::new(ErrorCode::InvalidArgument, error.to_string()))?;
@@ -284,11 +283,7 @@ impl Orders {
         )
         .instrument(span.clone())
         .await
-        .map_err(|error| {
-            let failure = payment_failure(&error);
-            record_failure(&span, error.error_type(), &failure.1);
-            failure
-        })
+        .map_err(|error| payment_failure(&error))
     }
 
     /// Charges through the circuit breaker, with the configured timeout.
@@ -329,11 +324,9 @@ impl Orders {
         };
         let state = permit.record(!unavailable);
         span.record("payment.circuit_breaker.state_after", state.as_str());
-        result.map_err(|error| {
-            let failure = payment_failure(&error);
-            record_failure(&span, error.error_type(), &failure.1);
-            failure
-        })
+        // The failure is on the CLIENT span of the call; this span says
+        // what the breaker made of it.
+        result.map_err(|error| payment_failure(&error))
     }
 
     /// Commits the reservation; false when inventory did not confirm.
@@ -355,7 +348,7 @@ impl Orders {
     }
 
     /// Reads one order.
-    #[tracing::instrument(name = "get order", skip_all, fields(order.id = %request.order_id), err(Display))]
+    #[tracing::instrument(name = "get order", skip_all, fields(order.id = %request.order_id))]
     pub async fn get(self, request: GetOrderRequest) -> Result<GetOrderReply, WireError> {
         let order_id = Uuid::parse_str(&request.order_id)
             .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "order_id is not a UUID"))?;
@@ -396,7 +389,8 @@ impl Orders {
         reason: String,
         context: &StoredContext,
     ) -> Result<PlaceOrderReply, WireError> {
-        record_failure(&tracing::Span::current(), code.short_name(), &reason);
+        // Not a failure of this span: the cause was recorded where it
+        // happened (the charge's answer, a timeout), and the reply says it.
         let decision = Decision::Failed { code, reason: reason.clone() };
         let order = self.store.decide(order_id, &decision, priced, context).await.map_err(db)?;
         self.outbox_written.notify_one();

@@ -73,6 +73,26 @@ struct Incident {
     producers: Vec<SpanContext>,
 }
 
+/// `context` with its span marked sampled. A parent-based sampler follows
+/// the parent's flag, and a producer whose trace was not sampled at the
+/// head would take the sentinel's failure span down with it; the sentinel
+/// decides to record a missed event on its own (the keeper keeps such
+/// traces whole). Trace and span ids, and so the place in the trace, stay.
+fn sampled(context: &opentelemetry::Context) -> opentelemetry::Context {
+    let parent = context.span().span_context().clone();
+    if !parent.is_valid() || parent.is_sampled() {
+        return context.clone();
+    }
+    let forced = SpanContext::new(
+        parent.trace_id(),
+        parent.span_id(),
+        parent.trace_flags().with_sampled(true),
+        parent.is_remote(),
+        parent.trace_state().clone(),
+    );
+    context.with_remote_span_context(forced)
+}
+
 fn age_of(published: time::OffsetDateTime) -> Duration {
     let age = time::OffsetDateTime::now_utc() - published;
     Duration::try_from(age).unwrap_or_default()
@@ -319,7 +339,7 @@ impl Watcher {
                 continue;
             }
             incident.reported += 1;
-            let message_id = headers::get(Some(&message.headers), headers::MESSAGE_ID).unwrap_or_default();
+            let message_id = headers::get(Some(&message.headers), headers::MESSAGE_ID).filter(|id| !id.is_empty());
             let span = tracing::info_span!(
                 "sentinel.missed",
                 otel.name = %format!("missed by {}", spec.durable),
@@ -327,13 +347,13 @@ impl Watcher {
                 messaging.system = "nats",
                 messaging.destination.name = %message.subject,
                 messaging.consumer.group.name = spec.durable,
-                messaging.message.id = %message_id,
+                messaging.message.id = message_id,
                 messaging.nats.stream.sequence = message.sequence as i64,
                 tracehop.consumer.state = state,
                 tracehop.delay_ms = age.as_millis() as i64,
                 tracehop.incident.id = %incident.alert.alert_id,
             );
-            let _ = span.set_parent(producer);
+            let _ = span.set_parent(sampled(&producer));
             record_failure(
                 &span,
                 &format!("consumer_{state}"),

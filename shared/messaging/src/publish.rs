@@ -50,21 +50,26 @@ pub async fn publish_event(
     payload: Vec<u8>,
     parent: opentelemetry::Context,
 ) -> Result<Published, PublishError> {
+    let endpoint = spans::endpoint();
     let span = tracing::info_span!(
         "nats.publish",
         otel.name = %format!("publish {subject}"),
         otel.kind = "producer",
         messaging.system = spans::SYSTEM,
-        messaging.operation.type = "send",
+        messaging.operation.type = spans::operation_type::SEND,
         messaging.operation.name = "publish",
         messaging.destination.name = %subject,
-        messaging.message.id = %event_id,
+        messaging.client.id = %endpoint.client_id,
+        messaging.message.id = Some(event_id).filter(|id| !id.is_empty()),
         messaging.message.body.size = payload.len() as i64,
+        server.address = %endpoint.address,
+        server.port = i64::from(endpoint.port),
         messaging.nats.message.payload_type = %payload_type,
         messaging.nats.stream.sequence = tracing::field::Empty,
         messaging.nats.duplicate = tracing::field::Empty,
     );
     let _ = span.set_parent(parent);
+    let started = std::time::Instant::now();
     let result: Result<Published, PublishError> = async {
         let mut message_headers = HeaderMap::new();
         headers::inject(&tracing::Span::current().context(), &mut message_headers);
@@ -90,5 +95,15 @@ pub async fn publish_event(
         }
         Err(error) => record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(error)),
     }
+    tracehop_telemetry::metrics::messaging_client_operation(
+        started.elapsed(),
+        &spans::operation(
+            "publish",
+            spans::operation_type::SEND,
+            subject,
+            None,
+            result.as_ref().err().map(|_| "publish_failed"),
+        ),
+    );
     result
 }
