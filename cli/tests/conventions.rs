@@ -160,6 +160,9 @@ async fn services_send_the_conventions_metrics_and_their_logs_over_otlp() {
         ("order", "otel.sdk.processor.span.processed"),
         ("order", "otel.sdk.processor.span.queue.size"),
         ("order", "otel.sdk.exporter.span.exported"),
+        ("sentinel", "tracehop.consumer.pending"),
+        ("sentinel", "tracehop.consumer.ack_pending"),
+        ("sentinel", "tracehop.consumer.oldest_unprocessed.age"),
     ];
     let mut missing = Vec::new();
     for _ in 0..150 {
@@ -199,6 +202,22 @@ async fn services_send_the_conventions_metrics_and_their_logs_over_otlp() {
             && string_attribute(attributes, "messaging.consumer.group.name").as_deref() == Some("loyalty")
             && string_attribute(attributes, "error.type").is_none()
     }));
+
+    // Each service's span pipeline reports what it sent, for `tracehop status`.
+    let mut pipelines = Vec::new();
+    for _ in 0..100 {
+        let reports = tracehop_telemetry::health::read_reports(&system.js).await.unwrap();
+        pipelines = tracehop::commands::status::span_pipelines(&reports);
+        let sent = |name: &str| pipelines.iter().any(|p| p.service == name && p.exported > 0);
+        if ["gateway", "order", "inventory", "payment"].into_iter().all(sent) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for name in ["gateway", "order", "inventory", "payment"] {
+        let pipeline = pipelines.iter().find(|p| p.service == name).unwrap_or_else(|| panic!("{pipelines:?}"));
+        assert!(pipeline.exported > 0 && pipeline.lost() == 0, "{pipeline:?}");
+    }
 
     // Log lines go over OTLP too, each with its service.
     let mut logging = BTreeSet::new();
