@@ -171,7 +171,10 @@ fn sqlx_error_kind(error: &sqlx::Error) -> &'static str {
 /// database's own message may quote values.
 pub fn wire_error(error: &sqlx::Error) -> tracehop_proto::v1::Error {
     use tracehop_proto::v1::{Error, ErrorCode};
-    tracing::error!(error = %describe_error(error), "database statement failed");
+    // A warning, not an error: an ERROR-level line marks the span it is
+    // logged in as failed, and the failure is already recorded once, on the
+    // statement's own span.
+    tracing::warn!(error = %describe_error(error), "database statement failed");
     let unavailable = match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         // Connection exceptions (08) and operator intervention (57: the
