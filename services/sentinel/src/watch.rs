@@ -426,3 +426,35 @@ impl Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{
+        Span as _, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+
+    #[test]
+    fn a_missed_by_span_is_recorded_under_a_producer_that_was_not_sampled() {
+        let producer = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        );
+        let unsampled = opentelemetry::Context::new().with_remote_span_context(producer.clone());
+        // The SDK's default sampler follows the parent's flag.
+        let tracer = SdkTracerProvider::builder().build().tracer("test");
+        let inherited = tracer.start_with_context("missed by analytics", &unsampled);
+        assert!(!inherited.span_context().is_sampled(), "the premise: a plain child is dropped");
+
+        let parent = sampled(&unsampled);
+        let span = tracer.start_with_context("missed by analytics", &parent);
+        assert!(span.span_context().is_sampled());
+        assert_eq!(span.span_context().trace_id(), producer.trace_id(), "in the producer's trace");
+        assert_eq!(parent.span().span_context().span_id(), producer.span_id(), "under the producer's span");
+    }
+}

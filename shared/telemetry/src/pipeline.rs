@@ -177,3 +177,56 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
+
+    use super::*;
+
+    /// A real OTLP exporter aimed at a port where nothing listens: every
+    /// export it attempts fails.
+    fn unreachable_otlp() -> opentelemetry_otlp::SpanExporter {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("http://127.0.0.1:{port}/v1/traces"))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_span_is_exported_queued_or_counted_lost() {
+        let exports = Arc::new(FeedStats::default());
+        let pipeline = SpanPipeline::new("otlp", 3, exports.clone());
+        // Nothing is exported before shutdown: the SDK's batch is bigger
+        // than what is sent, and its delay longer than the test.
+        let config = BatchConfigBuilder::default()
+            .with_max_queue_size(10)
+            .with_max_export_batch_size(10)
+            .with_scheduled_delay(Duration::from_secs(3600))
+            .build();
+        let batch = BatchSpanProcessor::builder(CountingExporter::new(unreachable_otlp(), exports))
+            .with_batch_config(config)
+            .build();
+        let provider =
+            SdkTracerProvider::builder().with_span_processor(CountingProcessor::new(batch, pipeline.clone())).build();
+        let tracer = provider.tracer("test");
+        for _ in 0..2 {
+            tracer.start("kept").end();
+        }
+        let counts = pipeline.snapshot();
+        assert_eq!((counts.queued, counts.dropped_queue_full), (2, 0), "{counts:?}");
+        for _ in 0..3 {
+            tracer.start("one too many").end();
+        }
+        let counts = pipeline.snapshot();
+        assert_eq!((counts.queued, counts.dropped_queue_full), (3, 2), "{counts:?}");
+        let _ = provider.shutdown();
+        let counts = pipeline.snapshot();
+        assert_eq!((counts.exported, counts.failed_export, counts.queued), (0, 3, 0), "{counts:?}");
+        assert_eq!(counts.lost(), 5, "all five are accounted for as lost: {counts:?}");
+    }
+}
