@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use prost::Message as _;
 use serde_json::{Value, json};
 use tracehop_spanfeed::{SpanKind, SpanRecord};
@@ -164,44 +165,55 @@ async fn services_send_the_conventions_metrics_and_their_logs_over_otlp() {
         ("sentinel", "tracehop.consumer.ack_pending"),
         ("sentinel", "tracehop.consumer.oldest_unprocessed.age"),
     ];
+    // Every export is cumulative, so some export after the checkout has
+    // each of these; the earliest ones may predate it.
+    let checkout_recorded = |metrics: &[(String, Metric)]| {
+        let has_point = |service: &str, name: &str, wanted: &[(&str, &str)]| {
+            metrics.iter().filter(|(s, m)| s == service && m.name == name).any(|(_, metric)| {
+                data_point_attributes(metric).iter().any(|attributes| {
+                    wanted.iter().all(|(key, value)| string_attribute(attributes, key).as_deref() == Some(*value))
+                })
+            })
+        };
+        has_point(
+            "gateway",
+            "http.server.request.duration",
+            &[("http.route", "/v1/orders"), ("http.request.method", "POST")],
+        ) && has_point(
+            "loyalty",
+            "messaging.process.duration",
+            &[("messaging.destination.name", "orders.confirmed"), ("messaging.consumer.group.name", "loyalty")],
+        )
+    };
     let mut missing = Vec::new();
+    let mut recorded = false;
     for _ in 0..150 {
+        let metrics = receiver.metrics();
         let received: BTreeSet<(String, String)> =
-            receiver.metrics().into_iter().map(|(service, metric)| (service, metric.name)).collect();
+            metrics.iter().map(|(service, metric)| (service.clone(), metric.name.clone())).collect();
         missing = expected
             .iter()
             .filter(|(service, name)| !received.contains(&(service.to_string(), name.to_string())))
             .collect();
-        if missing.is_empty() {
+        recorded = checkout_recorded(&metrics);
+        if missing.is_empty() && recorded {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(missing.is_empty(), "not received: {missing:?}");
-
+    assert!(recorded, "the checkout's request and its consumption are in the metrics");
     let metrics = receiver.metrics();
-    let http = metrics
+    assert!(metrics.iter().filter(|(_, m)| m.name.ends_with(".duration")).all(|(_, m)| m.unit == "s"));
+    let process_points: Vec<_> = metrics
         .iter()
-        .find(|(service, metric)| service == "gateway" && metric.name == "http.server.request.duration")
-        .map(|(_, metric)| metric)
-        .unwrap();
-    assert_eq!(http.unit, "s");
-    let points = data_point_attributes(http);
+        .filter(|(service, metric)| service == "loyalty" && metric.name == "messaging.process.duration")
+        .flat_map(|(_, metric)| data_point_attributes(metric))
+        .collect();
     assert!(
-        points.iter().any(|attributes| string_attribute(attributes, "http.route").as_deref() == Some("/v1/orders")
-            && string_attribute(attributes, "http.request.method").as_deref() == Some("POST")),
-        "{points:?}"
+        process_points.iter().all(|attributes| string_attribute(attributes, "error.type").is_none()),
+        "a successful consumption has no error.type: {process_points:?}"
     );
-    let process = metrics
-        .iter()
-        .find(|(service, metric)| service == "loyalty" && metric.name == "messaging.process.duration")
-        .map(|(_, metric)| metric)
-        .unwrap();
-    assert!(data_point_attributes(process).iter().any(|attributes| {
-        string_attribute(attributes, "messaging.destination.name").as_deref() == Some("orders.confirmed")
-            && string_attribute(attributes, "messaging.consumer.group.name").as_deref() == Some("loyalty")
-            && string_attribute(attributes, "error.type").is_none()
-    }));
 
     // Each service's span pipeline reports what it sent, for `tracehop status`.
     let mut pipelines = Vec::new();
