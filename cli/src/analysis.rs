@@ -223,7 +223,8 @@ pub enum FailureKind {
     /// The sentinel's `missed by <consumer>`: a consumer did not process
     /// this trace's event in time.
     Missed,
-    /// A message that was given up on (`dead-letter <subject>`).
+    /// A delivery that gave its message up to the dead letters (its
+    /// CONSUMER span carries `tracehop.dead_lettered`).
     DeadLetter,
 }
 
@@ -260,7 +261,9 @@ pub fn failures(spans: &[SpanRecord]) -> Vec<Failure> {
             index,
             kind: if s.name.starts_with("missed by ") {
                 FailureKind::Missed
-            } else if s.name.starts_with("dead-letter ") || s.attr_str("error.type") == Some("dead_letter") {
+            } else if s.attributes.get(tracehop_messaging::consume::DEAD_LETTERED)
+                == Some(&serde_json::Value::Bool(true))
+            {
                 FailureKind::DeadLetter
             } else {
                 FailureKind::Error
@@ -932,10 +935,13 @@ mod tests {
             "consumer_down",
             "analytics has not processed this event 5.0 s after it was published (down)",
         ));
-        spans.push(failed(
-            span("10", Some("0e"), "notification", "dead-letter orders.confirmed", SpanKind::Producer, 95, 96),
-            "dead_letter",
-            "no acknowledgement after 5 deliveries",
+        spans.push(with(
+            failed(
+                span("10", Some("0e"), "notification", "process orders.confirmed", SpanKind::Consumer, 95, 96),
+                "max_deliveries",
+                "gave up after 5 deliveries: mail server refused the connection",
+            ),
+            json!({"tracehop.dead_lettered": true}),
         ));
         spans.push(failed(
             span("11", Some("0e"), "notification", "process orders.confirmed", SpanKind::Consumer, 91, 94),

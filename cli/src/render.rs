@@ -48,8 +48,10 @@ use crate::term::{BOLD, DIM, RED, RESET, YELLOW, sanitize};
 /// start of its line, and its `error.type` and status message are written on
 /// the timeline next to its bar; when they do not fit there, they are written
 /// whole on the next line, under the span's name, so that no line is wider
-/// than the terminal. A span's links (`↪` and the short id of the linked span)
-/// are written next to its bar when there is room.
+/// than the terminal. An expected no that a span answered (a decline, out of
+/// stock: `tracehop.outcome` `rejected`) is written plainly next to its bar
+/// (`→ rejected: payment_declined`), as are its links (`↪` and the short id
+/// of the linked span), when there is room.
 pub fn waterfall(spans: &[SpanRecord], width: usize, color: bool) -> String {
     if spans.is_empty() {
         return "no spans for this trace yet\n".to_string();
@@ -194,6 +196,12 @@ pub fn watch_line(span: &SpanRecord, color: bool) -> String {
     if failed {
         line.push_str("  ");
         line.push_str(&failure_text(span));
+    } else {
+        let outcome = outcome_text(span);
+        if !outcome.is_empty() {
+            line.push_str("  ");
+            line.push_str(&outcome);
+        }
     }
     if color && failed { format!("{RED}{line}{RESET}") } else { line }
 }
@@ -291,7 +299,8 @@ struct Cells<'a> {
     failure_keep: usize,
     /// The tree guides that continue through a line under this one.
     continued: String,
-    /// Written on the timeline next to the bar when there is room: the links.
+    /// Written on the timeline next to the bar when there is room: what the
+    /// span answered when it was not a plain yes, and the links.
     links: String,
 }
 
@@ -316,7 +325,7 @@ impl<'a> Cells<'a> {
             failure,
             failure_keep,
             continued: row.continued.clone(),
-            links: if span.links.is_empty() { String::new() } else { links_text(span) },
+            links: notes_text(span),
         }
     }
 }
@@ -440,6 +449,24 @@ fn failure_parts(span: &SpanRecord) -> (String, usize) {
     };
     let keep = if error_type.is_empty() { 2 } else { 2 + error_type.chars().count() };
     (text, keep)
+}
+
+/// What the span answered when it was an expected no (`tracehop.outcome`
+/// `rejected`): `→ rejected: <code>`, as a fact, not as a failure.
+fn outcome_text(span: &SpanRecord) -> String {
+    if span.status == SpanStatus::Error || span.attr_str("tracehop.outcome") != Some("rejected") {
+        return String::new();
+    }
+    match span.attr_str("tracehop.error.code") {
+        Some(code) => format!("→ rejected: {}", sanitize(code)),
+        None => "→ rejected".to_string(),
+    }
+}
+
+/// The outcome, then the links, whichever the span has.
+fn notes_text(span: &SpanRecord) -> String {
+    let links = if span.links.is_empty() { String::new() } else { links_text(span) };
+    [outcome_text(span), links].into_iter().filter(|part| !part.is_empty()).collect::<Vec<_>>().join("  ")
 }
 
 /// `↪ <span id>` for each link (at most two, then a count); a link into
@@ -796,6 +823,19 @@ mod tests {
                 assert!(line.chars().count() <= width, "{width}: {line:?}\n{out}");
             }
         }
+    }
+
+    #[test]
+    fn an_expected_no_is_shown_plainly_and_not_as_a_failure() {
+        let mut spans = checkout();
+        let answered = spans.iter().position(|s| s.name == "publish orders.confirmed").unwrap();
+        spans[answered].attributes.insert("tracehop.outcome".to_string(), "rejected".into());
+        spans[answered].attributes.insert("tracehop.error.code".to_string(), "payment_declined".into());
+        let out = waterfall(&spans, 160, false);
+        let line = line_of(&out, "publish orders.confirmed");
+        assert!(line.contains("→ rejected: payment_declined"), "{out}");
+        assert!(!line.starts_with(FAILED), "{line:?}");
+        assert!(watch_line(&spans[answered], false).ends_with("→ rejected: payment_declined"));
     }
 
     #[test]

@@ -142,14 +142,22 @@ async fn poison_messages_are_dead_lettered_and_consumers_go_on() {
         assert!(traceparent.contains(poison_trace), "original trace context kept");
         assert_eq!(message.headers.get("Tracehop-Original-Subject").map(|v| v.as_str()), Some("orders.confirmed"));
     }
-    // The dead-letter spans are in the poison message's own trace, failed.
-    let spans = read_trace(&system, poison_trace, |spans| {
-        spans.iter().filter(|s| s.name == "dead-letter orders.confirmed").count() >= 9
-    })
-    .await;
-    let dead_spans: Vec<_> = spans.iter().filter(|s| s.name == "dead-letter orders.confirmed").collect();
+    // The dead-letter spans are in the poison message's own trace: each a
+    // send to its consumer's dead letters, linked to the original message,
+    // not failed (storing it worked); the delivery that gave up is failed.
+    let is_dead_letter = |s: &&tracehop_spanfeed::SpanRecord| s.name.starts_with("send deadletter.");
+    let spans =
+        read_trace(&system, poison_trace, |spans| spans.iter().filter(|s| is_dead_letter(s)).count() >= 9).await;
+    let dead_spans: Vec<_> = spans.iter().filter(is_dead_letter).collect();
     assert_eq!(dead_spans.len(), 9, "{}", names(&spans));
-    assert!(dead_spans.iter().all(|s| s.status == SpanStatus::Error && s.kind == SpanKind::Producer));
+    assert!(dead_spans.iter().all(|s| s.status == SpanStatus::Unset && s.kind == SpanKind::Client));
+    assert!(dead_spans.iter().all(|s| s.links.iter().any(|l| l.trace_id == poison_trace)));
+    for dead in &dead_spans {
+        let gave_up = parent_of(&spans, dead);
+        assert_eq!(gave_up.kind, SpanKind::Consumer);
+        assert_eq!(gave_up.status, SpanStatus::Error);
+        assert_eq!(gave_up.attributes["tracehop.dead_lettered"], serde_json::json!(true));
+    }
     // No consumer retried a poison message.
     assert!(spans.iter().all(|s| s.attributes.get("messaging.nats.message.delivery_count").is_none_or(|c| c == 1)));
 }
@@ -164,7 +172,7 @@ async fn failed_deliveries_are_retried_as_new_spans_then_dead_lettered() {
     assert_eq!(status, 201, "{body}");
     let trace_id = body["trace_id"].as_str().unwrap().to_string();
     let spans =
-        read_trace(&system, &trace_id, |spans| spans.iter().any(|s| s.name == "dead-letter orders.confirmed")).await;
+        read_trace(&system, &trace_id, |spans| spans.iter().any(|s| s.name == "send deadletter.notification")).await;
     let attempts: Vec<_> = spans
         .iter()
         .filter(|s| s.service == "notification" && s.kind == SpanKind::Consumer)
@@ -173,8 +181,9 @@ async fn failed_deliveries_are_retried_as_new_spans_then_dead_lettered() {
     let counts: Vec<i64> = attempts.iter().map(|(count, _)| *count).collect();
     assert_eq!(counts, vec![1, 2, 3, 4, 5], "one span per delivery:\n{}", names(&spans));
     assert!(attempts.iter().all(|(_, status)| *status == SpanStatus::Error));
-    let dead = find(&spans, "notification", SpanKind::Producer, "dead-letter orders.confirmed");
-    assert_eq!(dead.status, SpanStatus::Error);
+    let dead = find(&spans, "notification", SpanKind::Client, "send deadletter.notification");
+    assert_eq!(dead.status, SpanStatus::Unset, "the dead letter was stored");
+    assert_eq!(dead.attr_str("messaging.destination.name"), Some("deadletter.notification"));
     // The others were not held up.
     let order_id: uuid::Uuid = body["order_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
@@ -250,8 +259,14 @@ async fn payment_outage_fails_orders_after_the_timeout_then_fast_and_settles_lat
     assert_eq!(settled, 4, "every failed order's payment is refunded or voided");
     // The traces say what happened: a timeout, then the open breaker.
     let timed_out = read_trace(&system, &outcomes[0].3, |spans| spans.iter().any(|s| s.name == "call payment")).await;
+    // The timeout is recorded once, on the request that timed out; the
+    // breaker's span above it is not failed again.
+    let request = find(&timed_out, "order", SpanKind::Client, "send svc.payment.charge");
+    assert_eq!((request.status, request.attr_str("error.type")), (SpanStatus::Error, Some("timeout")));
+    assert_eq!(request.events.iter().filter(|e| e.name == "exception").count(), 1);
     let call = find(&timed_out, "order", SpanKind::Internal, "call payment");
-    assert_eq!((call.status, call.attr_str("error.type")), (SpanStatus::Error, Some("timeout")));
+    assert_eq!(parent_of(&timed_out, request).span_id, call.span_id);
+    assert_eq!(call.status, SpanStatus::Unset);
     let fast = read_trace(&system, &outcomes[3].3, |spans| spans.iter().any(|s| s.name == "call payment")).await;
     let call = find(&fast, "order", SpanKind::Internal, "call payment");
     assert_eq!(call.attr_str("payment.circuit_breaker.state"), Some("open"));

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracehop::commands::status::{
-    AlertStatus, ConsumerStatus, ServiceStatus, Status, TraceStoreStatus, age, render_json, render_text,
+    AlertStatus, ConsumerStatus, ServiceStatus, SpanPipelineStatus, Status, TraceStoreStatus, age, render_json,
+    render_text,
 };
 use tracehop_launcher::{SERVICES, is_service_process};
 use tracehop_messaging::topology;
@@ -407,6 +408,35 @@ fn status_colours_what_is_down() {
     assert!(analytics.starts_with("\x1b[31m") && analytics.ends_with("\x1b[0m"), "{analytics:?}");
     let inventory = text.lines().find(|l| l.contains("inventory")).unwrap();
     assert!(!inventory.contains('\x1b'), "{inventory:?}");
+}
+
+#[test]
+fn status_shows_each_services_span_pipelines_and_says_when_spans_were_lost() {
+    let mut status = sample(false);
+    status.spans = vec![
+        SpanPipelineStatus { service: "inventory".into(), instances: 1, exported: 1200, ..Default::default() },
+        SpanPipelineStatus {
+            service: "order".into(),
+            instances: 2,
+            exported: 900,
+            dropped_queue_full: 3,
+            failed_export: 1,
+            queued: 40,
+        },
+    ];
+    let text = render_text(&status, false, 0);
+    assert!(text.contains("span pipelines"), "{text}");
+    let order = text.lines().find(|l| l.trim_start().starts_with("order ")).unwrap();
+    assert!(order.contains("900") && order.contains(" 4 ") && order.contains("40"), "{order:?}");
+    assert!(
+        text.contains("order: 4 spans lost (3 at a full queue, 1 refused by the destination): its traces have holes"),
+        "{text}"
+    );
+    assert!(!text.contains("inventory: "), "nothing lost, nothing said: {text}");
+    let colored = render_text(&status, true, 0);
+    let line = colored.lines().find(|l| l.contains("order") && l.contains("900")).unwrap();
+    assert!(line.starts_with("\x1b[31m"), "{line:?}");
+    assert_eq!(render_json(&status)["spans"][1]["dropped_queue_full"], 3);
 }
 
 #[test]

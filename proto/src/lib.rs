@@ -81,6 +81,22 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
         }
     }
+
+    /// Whether the code says the answering service itself failed (internal,
+    /// unavailable, a failed payment processor) rather than gave an expected
+    /// business answer (declined, out of stock, invalid, not found,
+    /// conflict). Only a fault makes the answering side's span ERROR; the
+    /// calling side's span is ERROR either way, as its call did not succeed.
+    pub fn is_fault(self) -> bool {
+        match self {
+            ErrorCode::Unspecified | ErrorCode::PaymentFailed | ErrorCode::Unavailable | ErrorCode::Internal => true,
+            ErrorCode::InvalidArgument
+            | ErrorCode::NotFound
+            | ErrorCode::OutOfStock
+            | ErrorCode::PaymentDeclined
+            | ErrorCode::Conflict => false,
+        }
+    }
 }
 
 /// The NATS subjects of the wire contract.

@@ -58,6 +58,10 @@ pub struct Status {
     /// How much the span feed and the kept-traces store hold, and how far
     /// back they reach at the rate they fill now.
     pub traces: Vec<TraceStoreStatus>,
+    /// Each service's span pipelines: spans sent, lost and waiting, from
+    /// the reports its running instances put in the telemetry bucket.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<SpanPipelineStatus>,
 }
 
 /// The span feed (`SPANS`, memory) or the kept-traces store (`KEPT`, disk).
@@ -116,6 +120,49 @@ pub struct ServiceStatus {
     /// Every service is built from this workspace, so a running service has
     /// the version of this command (`CARGO_PKG_VERSION`); none when down.
     pub version: Option<String>,
+}
+
+/// One service's span pipelines, summed over the last report of each of
+/// its instances (see `tracehop_telemetry::health`). A lost span is a hole
+/// in a trace.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SpanPipelineStatus {
+    pub service: String,
+    /// Instances that reported in the last minute.
+    pub instances: u64,
+    /// Spans delivered (to the span feed, or over OTLP).
+    pub exported: u64,
+    /// Spans dropped because a queue was full.
+    pub dropped_queue_full: u64,
+    /// Spans the destination did not take.
+    pub failed_export: u64,
+    /// Spans waiting for export now.
+    pub queued: u64,
+}
+
+impl SpanPipelineStatus {
+    /// Every span lost.
+    pub fn lost(&self) -> u64 {
+        self.dropped_queue_full + self.failed_export
+    }
+}
+
+/// The reports summed per service, in service order.
+pub fn span_pipelines(reports: &[tracehop_telemetry::health::PipelineReport]) -> Vec<SpanPipelineStatus> {
+    let mut by_service: BTreeMap<&str, SpanPipelineStatus> = BTreeMap::new();
+    for report in reports {
+        let status = by_service
+            .entry(report.service.as_str())
+            .or_insert_with(|| SpanPipelineStatus { service: report.service.clone(), ..Default::default() });
+        status.instances += 1;
+        for pipeline in &report.pipelines {
+            status.exported += pipeline.exported;
+            status.dropped_queue_full += pipeline.dropped_queue_full;
+            status.failed_export += pipeline.failed_export;
+            status.queued += pipeline.queued;
+        }
+    }
+    by_service.into_values().collect()
 }
 
 /// One expected durable consumer, as the sentinel or JetStream sees it.
@@ -190,7 +237,9 @@ pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode>
 /// when it does not answer, from JetStream.
 pub async fn gather(launcher: &Launcher, nats: &async_nats::Client) -> Status {
     let status = gather_consumers(launcher, nats).await;
-    Status { traces: trace_stores(&jetstream::new(nats.clone())).await, ..status }
+    let js = jetstream::new(nats.clone());
+    let reports = tracehop_telemetry::health::read_reports(&js).await.unwrap_or_default();
+    Status { traces: trace_stores(&js).await, spans: span_pipelines(&reports), ..status }
 }
 
 async fn gather_consumers(launcher: &Launcher, nats: &async_nats::Client) -> Status {
@@ -375,6 +424,38 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
         .collect();
     let columns = [("service", Left), ("state", Left), ("pid", Right), ("version", Left)];
     table(&mut out, &columns, &rows, color);
+
+    if !status.spans.is_empty() {
+        out.push('\n');
+        out.push_str("span pipelines (last report of each instance)\n");
+        let rows: Vec<(Vec<String>, Option<&str>)> = status
+            .spans
+            .iter()
+            .map(|p| {
+                let cells = vec![
+                    clean(&p.service),
+                    p.instances.to_string(),
+                    p.exported.to_string(),
+                    p.lost().to_string(),
+                    p.queued.to_string(),
+                ];
+                (cells, (p.lost() > 0).then_some(RED))
+            })
+            .collect();
+        let columns =
+            [("service", Left), ("instances", Right), ("spans sent", Right), ("lost", Right), ("queued", Right)];
+        table(&mut out, &columns, &rows, color);
+        for p in status.spans.iter().filter(|p| p.lost() > 0) {
+            let line = format!(
+                "  {}: {} spans lost ({} at a full queue, {} refused by the destination): its traces have holes",
+                clean(&p.service),
+                p.lost(),
+                p.dropped_queue_full,
+                p.failed_export
+            );
+            push_line(&mut out, &line, color.then_some(RED));
+        }
+    }
 
     out.push('\n');
     if let Some(error) = &status.nats_error {

@@ -96,7 +96,6 @@ impl Recorder {
         name = "record order event",
         skip_all,
         fields(order.id = %event.order_id, analytics.kind = Empty, analytics.duplicate = Empty),
-        err
     )]
     pub async fn record(&self, event: &OrderEvent) -> Result<bool, RecordError> {
         let span = tracing::Span::current();

@@ -127,6 +127,12 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        // The error code on the HTTP span, beside its status code.
+        tracing_opentelemetry::OpenTelemetrySpanExt::set_attribute(
+            &tracing::Span::current(),
+            tracehop_telemetry::ERROR_CODE,
+            code.to_string(),
+        );
         let mut error = json!({ "code": code, "message": message });
         if let Some(field) = field {
             error["field"] = json!(field);

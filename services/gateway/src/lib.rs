@@ -87,7 +87,8 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         read_timeout: config.read_timeout,
         baggage: config.baggage.clone(),
     };
-    axum::serve(listener, app(state))
+    // With the peer's address, for `client.address` on the HTTP span.
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(runtime.shutdown.cancelled_owned())
         .await
         .context("the HTTP server failed")

@@ -57,7 +57,6 @@ impl Stock {
             inventory.restock = tracing::field::Empty,
             inventory.reserve.joined = tracing::field::Empty,
         ),
-        err(Display)
     )]
     pub async fn reserve(self, request: ReserveStockRequest) -> Reply<ReserveStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
@@ -187,7 +186,7 @@ impl Stock {
     }
 
     /// Turns the order's reservation into a sale. Idempotent.
-    #[tracing::instrument(name = "commit stock", skip_all, fields(order.id = %request.order_id), err(Display))]
+    #[tracing::instrument(name = "commit stock", skip_all, fields(order.id = %request.order_id))]
     pub async fn commit(self, request: CommitStockRequest) -> Reply<CommitStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         retry_transient(|| self.settle(order_id, Settlement::Sell)).await.map_err(|e| wire_error(&e))?;
@@ -198,7 +197,7 @@ impl Stock {
     /// for an order with nothing reserved (so it is always safe as a
     /// compensation): it leaves the order released, so that a reservation
     /// for it arriving later is refused.
-    #[tracing::instrument(name = "release stock", skip_all, fields(order.id = %request.order_id, stock.released_units = tracing::field::Empty), err(Display))]
+    #[tracing::instrument(name = "release stock", skip_all, fields(order.id = %request.order_id, stock.released_units = tracing::field::Empty))]
     pub async fn release(self, request: ReleaseStockRequest) -> Reply<ReleaseStockReply> {
         let order_id = parse_order_id(&request.order_id)?;
         let released_units =
@@ -276,7 +275,7 @@ impl Stock {
     }
 
     /// Unit prices of the requested SKUs; any unknown SKU is an error.
-    #[tracing::instrument(name = "get prices", skip_all, fields(sku.count = request.skus.len() as i64), err(Display))]
+    #[tracing::instrument(name = "get prices", skip_all, fields(sku.count = request.skus.len() as i64))]
     pub async fn prices(self, request: GetPricesRequest) -> Reply<GetPricesReply> {
         if request.skus.is_empty() {
             return Err(invalid("no sku given"));

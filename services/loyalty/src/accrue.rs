@@ -87,7 +87,6 @@ impl Accrual {
             loyalty.points = Empty,
             loyalty.duplicate = Empty,
         ),
-        err
     )]
     pub async fn accrue(&self, event: &OrderEvent) -> Result<bool, AccrueError> {
         let span = tracing::Span::current();

@@ -93,7 +93,6 @@ impl Notifier {
         name = "notify customer",
         skip_all,
         fields(order.id = %event.order_id, notification.kind = Empty, notification.status = Empty),
-        err
     )]
     pub async fn notify(&self, event: &OrderEvent) -> Result<bool, NotifyError> {
         let span = tracing::Span::current();

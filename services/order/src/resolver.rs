@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use tracehop_db::describe_error;
-use tracehop_telemetry::record_failure;
+use tracehop_telemetry::mark_failed;
 
 use crate::checkout::Orders;
 use crate::store::{Decision, DueRelease};
@@ -93,7 +93,8 @@ async fn repair_release(orders: &Orders, due: DueRelease) {
             }
             Err(error) => {
                 let next = orders.store().release_failed(due.order_id).await;
-                record_failure(
+                // The call's own CLIENT span recorded the failure.
+                mark_failed(
                     &tracing::Span::current(),
                     error.error_type(),
                     &format!("stock release failed ({error}); attempts so far: {}", next.unwrap_or(due.attempts + 1)),

@@ -47,7 +47,7 @@ impl Processor {
     /// Charges the card once per order: a retry returns the stored outcome.
     /// A decline is a reply with `PAYMENT_DECLINED`; a processor error is
     /// `PAYMENT_FAILED` and is not stored, so a retry may succeed.
-    #[tracing::instrument(name = "charge card", skip_all, fields(order.id = %request.order_id, payment.amount_cents = request.amount_cents, payment.card_last4 = tracing::field::Empty, payment.status = tracing::field::Empty), err(Display))]
+    #[tracing::instrument(name = "charge card", skip_all, fields(order.id = %request.order_id, payment.amount_cents = request.amount_cents, payment.card_last4 = tracing::field::Empty, payment.status = tracing::field::Empty))]
     pub async fn charge(self, request: ChargeRequest) -> Result<ChargeReply, WireError> {
         let order_id = Uuid::parse_str(&request.order_id)
             .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "order_id is not a UUID"))?;

@@ -30,7 +30,6 @@ impl Settlement {
         name = "settle failed order",
         skip_all,
         fields(order.id = %delivery.event.order_id, payment.settlement = tracing::field::Empty),
-        err(Display)
     )]
     pub async fn settle(&self, delivery: Delivery<OrderEvent>) -> Result<(), ProcessError> {
         let event = &delivery.event;

@@ -19,13 +19,16 @@
 //! - dead letters (**failing**): one alert per consumer naming the count and
 //!   the reasons, open until they are redriven or discarded.
 //!
-//! `svc.sentinel.status` answers with all of it (`tracehop status`).
+//! `svc.sentinel.status` answers with all of it (`tracehop status`), and
+//! each consumer's lag is also a metric ([`lag`]).
 //!
 //! Modules: [`config`], [`watch`] (the per-consumer state machine),
-//! [`dead_letters`] (the max-deliveries advisory).
+//! [`dead_letters`] (the max-deliveries advisory), [`lag`] (consumer lag
+//! gauges).
 
 pub mod config;
 pub mod dead_letters;
+pub mod lag;
 pub mod watch;
 
 pub use config::Config;
@@ -51,6 +54,7 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         deadline_ms: config.deadline.as_millis() as i64,
         ..Default::default()
     }));
+    lag::register(view.clone());
     let watcher = watch::Watcher::new(js.clone(), runtime.nats.clone(), config.clone(), topology::expected_consumers());
     let responder = Responder::new(runtime.nats.clone(), SERVICE, runtime.shutdown.clone());
     tokio::try_join!(

@@ -73,6 +73,26 @@ struct Incident {
     producers: Vec<SpanContext>,
 }
 
+/// `context` with its span marked sampled. A parent-based sampler follows
+/// the parent's flag, and a producer whose trace was not sampled at the
+/// head would take the sentinel's failure span down with it; the sentinel
+/// decides to record a missed event on its own (the keeper keeps such
+/// traces whole). Trace and span ids, and so the place in the trace, stay.
+fn sampled(context: &opentelemetry::Context) -> opentelemetry::Context {
+    let parent = context.span().span_context().clone();
+    if !parent.is_valid() || parent.is_sampled() {
+        return context.clone();
+    }
+    let forced = SpanContext::new(
+        parent.trace_id(),
+        parent.span_id(),
+        parent.trace_flags().with_sampled(true),
+        parent.is_remote(),
+        parent.trace_state().clone(),
+    );
+    context.with_remote_span_context(forced)
+}
+
 fn age_of(published: time::OffsetDateTime) -> Duration {
     let age = time::OffsetDateTime::now_utc() - published;
     Duration::try_from(age).unwrap_or_default()
@@ -319,7 +339,7 @@ impl Watcher {
                 continue;
             }
             incident.reported += 1;
-            let message_id = headers::get(Some(&message.headers), headers::MESSAGE_ID).unwrap_or_default();
+            let message_id = headers::get(Some(&message.headers), headers::MESSAGE_ID).filter(|id| !id.is_empty());
             let span = tracing::info_span!(
                 "sentinel.missed",
                 otel.name = %format!("missed by {}", spec.durable),
@@ -327,13 +347,13 @@ impl Watcher {
                 messaging.system = "nats",
                 messaging.destination.name = %message.subject,
                 messaging.consumer.group.name = spec.durable,
-                messaging.message.id = %message_id,
+                messaging.message.id = message_id,
                 messaging.nats.stream.sequence = message.sequence as i64,
                 tracehop.consumer.state = state,
                 tracehop.delay_ms = age.as_millis() as i64,
                 tracehop.incident.id = %incident.alert.alert_id,
             );
-            let _ = span.set_parent(producer);
+            let _ = span.set_parent(sampled(&producer));
             record_failure(
                 &span,
                 &format!("consumer_{state}"),
@@ -404,5 +424,37 @@ impl Watcher {
         if let Err(error) = self.nats.publish(subject, alert.encode_to_vec().into()).await {
             tracing::warn!(error = %error, "failed to publish an alert");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{
+        Span as _, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+
+    #[test]
+    fn a_missed_by_span_is_recorded_under_a_producer_that_was_not_sampled() {
+        let producer = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        );
+        let unsampled = opentelemetry::Context::new().with_remote_span_context(producer.clone());
+        // The SDK's default sampler follows the parent's flag.
+        let tracer = SdkTracerProvider::builder().build().tracer("test");
+        let inherited = tracer.start_with_context("missed by analytics", &unsampled);
+        assert!(!inherited.span_context().is_sampled(), "the premise: a plain child is dropped");
+
+        let parent = sampled(&unsampled);
+        let span = tracer.start_with_context("missed by analytics", &parent);
+        assert!(span.span_context().is_sampled());
+        assert_eq!(span.span_context().trace_id(), producer.trace_id(), "in the producer's trace");
+        assert_eq!(parent.span().span_context().span_id(), producer.span_id(), "under the producer's span");
     }
 }

@@ -103,7 +103,9 @@ where
         db.query.summary = %format!("{operation} {table}"),
         db.response.status_code = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
     let result = statement.instrument(span.clone()).await;
+    record_duration(started.elapsed(), operation, table, result.as_ref().err());
     if let Err(error) = &result {
         let code = match error {
             sqlx::Error::Database(db_error) => db_error.code().map(|c| c.to_string()),
@@ -116,6 +118,18 @@ where
         record_failure(&span, &error_type, &format!("{operation} {table} failed ({})", sqlx_error_kind(error)));
     }
     result
+}
+
+/// Records one `db.client.operation.duration`, with the SQLSTATE (or the
+/// kind of failure) as `error.type` when the statement failed.
+fn record_duration(elapsed: Duration, operation: &str, table: &str, error: Option<&sqlx::Error>) {
+    let error_type = error.map(|error| match error {
+        sqlx::Error::Database(db_error) => {
+            db_error.code().map_or_else(|| "database_error".to_string(), |c| c.to_string())
+        }
+        other => sqlx_error_kind(other).to_string(),
+    });
+    tracehop_telemetry::metrics::db_client_operation(elapsed, operation, table, error_type.as_deref());
 }
 
 /// How many times in all [`retry_transient`] runs a transaction.
@@ -182,7 +196,10 @@ fn sqlx_error_kind(error: &sqlx::Error) -> &'static str {
 /// database's own message may quote values.
 pub fn wire_error(error: &sqlx::Error) -> tracehop_proto::v1::Error {
     use tracehop_proto::v1::{Error, ErrorCode};
-    tracing::error!(error = %describe_error(error), "database statement failed");
+    // A warning, not an error: an ERROR-level line marks the span it is
+    // logged in as failed, and the failure is already recorded once, on the
+    // statement's own span.
+    tracing::warn!(error = %describe_error(error), "database statement failed");
     let unavailable = match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         // Connection exceptions (08) and operator intervention (57: the

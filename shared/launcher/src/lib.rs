@@ -8,7 +8,8 @@
 //! - [`Launcher`]: where the binaries are, where pid files and logs go, and
 //!   the environment every service gets.
 //! - [`prepare`]: what must exist before any service starts (the database,
-//!   its migrations, the streams and durable consumers).
+//!   its migrations, the streams and durable consumers, the scenario and
+//!   span-pipeline buckets).
 //! - [`readiness`]: probes that tell when every service answers.
 
 pub mod readiness;
@@ -196,7 +197,8 @@ pub fn is_service_process(pid: u32, service: &str) -> bool {
 
 /// Creates the database and applies migrations, then creates the span feed,
 /// the ORDERS stream and every expected durable consumer, so that events
-/// wait for a consumer that has not started yet.
+/// wait for a consumer that has not started yet, and the key-value buckets
+/// of the scenarios and of the span pipelines' reports.
 pub async fn prepare(
     nats: &async_nats::Client,
     database_url: &str,
@@ -211,6 +213,9 @@ pub async fn prepare(
         .context("failed to create the span feed and kept-traces streams")?;
     tracehop_messaging::topology::ensure_all(&js).await.context("failed to create streams and consumers")?;
     tracehop_scenarios::ensure_bucket(&js).await.context("failed to create the scenario switches")?;
+    // Services create it too when it is missing, but one made here lets a
+    // service do with the right to put its own reports.
+    tracehop_telemetry::health::ensure_bucket(&js).await.context("failed to create the span pipelines' bucket")?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use prost::Name;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracehop_telemetry::record_failure;
+use tracehop_telemetry::{Outcome, mark_failed, record_failure, record_outcome};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -227,42 +227,71 @@ where
     let _ = span.set_parent(producer);
     span.add_link(producer_span);
 
-    let outcome = match decode_event::<E>(&message) {
+    let started = std::time::Instant::now();
+    let (outcome, decoded) = match decode_event::<E>(&message) {
         Ok(event) => {
-            let delivery = Delivery { event, subject, message_id, delivery_count, stream_sequence };
-            handler(delivery).instrument(span.clone()).await
+            let delivery = Delivery { event, subject: subject.clone(), message_id, delivery_count, stream_sequence };
+            (handler(delivery).instrument(span.clone()).await, true)
         }
-        Err(rejected) => Err(rejected),
+        Err(rejected) => (Err(rejected), false),
+    };
+    // A message that cannot be decoded fails here; a handler's failure was
+    // recorded where it happened (a statement, a call), and only fails this
+    // delivery.
+    let record = |error_type: &str, reason: &str| {
+        if decoded {
+            mark_failed(&span, error_type, reason);
+        } else {
+            record_failure(&span, error_type, reason);
+        }
+        record_outcome(&span, Outcome::Failed, None);
     };
     let last_attempt = delivery_count >= spec.max_deliver;
+    let mut error_type = None;
     let ack = match &outcome {
-        Ok(()) => AckKind::Ack,
+        Ok(()) => {
+            record_outcome(&span, Outcome::Ok, None);
+            AckKind::Ack
+        }
         Err(error @ ProcessError::Retry(_)) if !last_attempt => {
-            record_failure(&span, "retry", &error.reason());
+            record("retry", &error.reason());
+            error_type = Some("retry");
             AckKind::Nak(Some(spec.retry_delay(delivery_count)))
         }
         Err(error) => {
-            let (error_type, reason) = match error {
+            let (kind, reason) = match error {
                 ProcessError::Reject(_) => ("rejected", error.reason()),
                 ProcessError::Retry(_) => {
                     ("max_deliveries", format!("gave up after {delivery_count} deliveries: {}", error.reason()))
                 }
             };
-            record_failure(&span, error_type, &reason);
+            record(kind, &reason);
+            error_type = Some(kind);
             match dead_letter(js, spec, &message, &reason).instrument(span.clone()).await {
                 // Stored in the dead-letter stream: this consumer is done with it.
-                Ok(()) => AckKind::Term,
+                Ok(()) => {
+                    span.set_attribute(DEAD_LETTERED, true);
+                    AckKind::Term
+                }
                 // Not stored: keep it in this stream, to be tried again.
                 Err(_) => AckKind::Nak(Some(spec.retry_delay(delivery_count))),
             }
         }
     };
+    tracehop_telemetry::metrics::messaging_process(
+        started.elapsed(),
+        &spans::operation("process", spans::operation_type::PROCESS, &subject, Some(spec.durable), error_type),
+    );
     if let Err(error) = message.ack_with(ack).instrument(span.clone()).await {
         // The server redelivers after ack_wait; the handler's idempotency
         // makes that harmless.
         tracing::warn!(parent: &span, consumer = spec.durable, %error, "failed to acknowledge a delivery");
     }
 }
+
+/// `tracehop.dead_lettered`: on a CONSUMER span that gave a message up, true
+/// once its dead letter is stored (the `send deadletter.<consumer>` span).
+pub const DEAD_LETTERED: &str = "tracehop.dead_lettered";
 
 /// The CONSUMER span `process <subject>` of one delivery, after the
 /// messaging conventions. `parent` is its tracing parent: none for a live
@@ -278,18 +307,22 @@ pub(crate) fn consumer_span(
     delivery_count: i64,
     stream_sequence: u64,
 ) -> tracing::Span {
+    let endpoint = spans::endpoint();
     tracing::info_span!(
         parent: parent.and_then(tracing::Span::id),
         "nats.consume",
         otel.name = %format!("process {subject}"),
         otel.kind = "consumer",
         messaging.system = spans::SYSTEM,
-        messaging.operation.type = "process",
+        messaging.operation.type = spans::operation_type::PROCESS,
         messaging.operation.name = "process",
         messaging.destination.name = %subject,
         messaging.consumer.group.name = consumer,
-        messaging.message.id = message_id.unwrap_or(""),
+        messaging.client.id = %endpoint.client_id,
+        messaging.message.id = message_id,
         messaging.message.body.size = body_size as i64,
+        server.address = %endpoint.address,
+        server.port = i64::from(endpoint.port),
         messaging.nats.message.delivery_count = delivery_count,
         messaging.nats.stream.sequence = stream_sequence as i64,
         tracehop.replay = tracing::field::Empty,
@@ -356,10 +389,15 @@ async fn dead_letter(
 }
 
 /// Publishes a dead letter with its original headers (the producer's trace
-/// context included) plus the reason, in a PRODUCER span `dead-letter
-/// <subject>` with status ERROR, a child of the current span. Its message id
-/// is derived from stream, consumer and sequence, so storing it twice (a
-/// retry, or the sentinel acting on a max-deliveries advisory) keeps one.
+/// context included, so that a redrive continues the original trace) plus
+/// the reason, in a span `send deadletter.<consumer>` of its own: a child of
+/// the current span (the delivery that gave up, in the original trace),
+/// linked to the original message's producer, and ERROR only when the dead
+/// letter could not be stored. Its kind is CLIENT, as the messaging
+/// conventions give a send whose context is not the message's creation
+/// context. Its message id is derived from stream, consumer and sequence,
+/// so storing it twice (a retry, or the sentinel acting on a max-deliveries
+/// advisory) keeps one.
 pub async fn store_dead_letter(
     js: &jetstream::Context,
     letter: &DeadLetter<'_>,
@@ -367,20 +405,28 @@ pub async fn store_dead_letter(
 ) -> Result<(), crate::PublishError> {
     let (sequence, delivered) = (letter.sequence, letter.delivered);
     let subject = crate::topology::dead_letter_subject(letter.consumer);
+    let endpoint = spans::endpoint();
     let span = tracing::info_span!(
         "nats.dead_letter",
-        otel.name = %format!("dead-letter {}", letter.subject),
-        otel.kind = "producer",
+        otel.name = %format!("send {subject}"),
+        otel.kind = "client",
         messaging.system = spans::SYSTEM,
-        messaging.operation.type = "send",
-        messaging.operation.name = "dead_letter",
+        messaging.operation.type = spans::operation_type::SEND,
+        messaging.operation.name = "send",
         messaging.destination.name = %subject,
-        messaging.consumer.group.name = letter.consumer,
-        messaging.nats.message.delivery_count = delivered,
+        messaging.client.id = %endpoint.client_id,
+        messaging.message.body.size = letter.payload.len() as i64,
         messaging.nats.stream.sequence = sequence as i64,
+        messaging.nats.message.delivery_count = delivered,
+        server.address = %endpoint.address,
+        server.port = i64::from(endpoint.port),
+        tracehop.dead_letter.consumer = letter.consumer,
+        tracehop.dead_letter.original_subject = letter.subject,
         tracehop.dead_letter.reason = %reason,
     );
-    record_failure(&span, "dead_letter", reason);
+    let original = headers::extract(letter.headers);
+    span.add_link(original.span().span_context().clone());
+    let started = std::time::Instant::now();
     let mut dead = letter.headers.cloned().unwrap_or_default();
     let original_id = headers::get(letter.headers, MESSAGE_ID).unwrap_or_default().to_string();
     let header = |value: &str| {
@@ -415,7 +461,18 @@ pub async fn store_dead_letter(
     .instrument(span.clone())
     .await;
     if let Err(error) = &result {
-        tracing::error!(parent: &span, consumer = letter.consumer, error = %tracehop_telemetry::error_chain(error), "failed to store a dead letter; it stays in the stream");
+        record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(error));
+        tracing::warn!(parent: &span, consumer = letter.consumer, error = %tracehop_telemetry::error_chain(error), "failed to store a dead letter; it stays in the stream");
     }
+    tracehop_telemetry::metrics::messaging_client_operation(
+        started.elapsed(),
+        &spans::operation(
+            "send",
+            spans::operation_type::SEND,
+            &subject,
+            None,
+            result.as_ref().err().map(|_| "publish_failed"),
+        ),
+    );
     result
 }

@@ -21,7 +21,9 @@
 //! - [`replay`]: [`replay::serve`], a consumer's service replaying the stream
 //!   (or redriving its dead letters) through its own handler, in CONSUMER
 //!   spans marked as replays; [`replay::call`] asks for one.
-//! - [`spans`]: the attribute names used on messaging spans.
+//! - [`spans`]: the attribute names used on messaging spans, and the
+//!   [`spans::Endpoint`] (`server.address`, `server.port`,
+//!   `messaging.client.id`) they all carry.
 //! - [`w3c`]: W3C Trace Context and Baggage from outside, parsed to the
 //!   letter of the specifications.
 
@@ -52,8 +54,10 @@ use std::time::Duration;
 
 /// Connects to NATS with settings every service shares: a name that shows in
 /// the server's connection list, and endless reconnects (a NATS restart must
-/// not kill a service).
+/// not kill a service). The first connection of a process is the
+/// [`spans::Endpoint`] its spans name.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    spans::set_endpoint(spans::Endpoint::of(url, name));
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()

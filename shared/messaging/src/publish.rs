@@ -65,19 +65,20 @@ pub struct PendingPublish {
     span: tracing::Span,
     subject: String,
     event_id: String,
+    started: std::time::Instant,
     ack: PublishAckFuture,
 }
 
 impl PendingPublish {
     /// Waits for the stream's ack, and ends the PRODUCER span with it.
     pub async fn stored(self) -> Result<Published, PublishError> {
-        let Self { span, subject, event_id, ack } = self;
+        let Self { span, subject, event_id, started, ack } = self;
         let result = ack
             .into_future()
             .instrument(span.clone())
             .await
             .map(|ack| Published { sequence: ack.sequence, duplicate: ack.duplicate })
-            .map_err(|source| PublishError::Ack { subject, event_id, source });
+            .map_err(|source| PublishError::Ack { subject: subject.clone(), event_id, source });
         match &result {
             Ok(published) => {
                 span.record("messaging.nats.stream.sequence", published.sequence as i64);
@@ -85,8 +86,18 @@ impl PendingPublish {
             }
             Err(error) => record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(error)),
         }
+        record_duration(started, &subject, result.is_err());
         result
     }
+}
+
+/// The publish's `messaging.client.operation.duration`, from its send to its
+/// ack (or failure).
+fn record_duration(started: std::time::Instant, subject: &str, failed: bool) {
+    tracehop_telemetry::metrics::messaging_client_operation(
+        started.elapsed(),
+        &spans::operation("publish", spans::operation_type::SEND, subject, None, failed.then_some("publish_failed")),
+    );
 }
 
 /// The first half of [`publish_event`]: sends the event in its PRODUCER
@@ -99,21 +110,26 @@ pub async fn send_event(
     payload: Vec<u8>,
     parent: opentelemetry::Context,
 ) -> Result<PendingPublish, PublishError> {
+    let endpoint = spans::endpoint();
     let span = tracing::info_span!(
         "nats.publish",
         otel.name = %format!("publish {subject}"),
         otel.kind = "producer",
         messaging.system = spans::SYSTEM,
-        messaging.operation.type = "send",
+        messaging.operation.type = spans::operation_type::SEND,
         messaging.operation.name = "publish",
         messaging.destination.name = %subject,
-        messaging.message.id = %event_id,
+        messaging.client.id = %endpoint.client_id,
+        messaging.message.id = Some(event_id).filter(|id| !id.is_empty()),
         messaging.message.body.size = payload.len() as i64,
+        server.address = %endpoint.address,
+        server.port = i64::from(endpoint.port),
         messaging.nats.message.payload_type = %payload_type,
         messaging.nats.stream.sequence = tracing::field::Empty,
         messaging.nats.duplicate = tracing::field::Empty,
     );
     let _ = span.set_parent(parent);
+    let started = std::time::Instant::now();
     let sent = async {
         let mut message_headers = HeaderMap::new();
         headers::inject(&tracing::Span::current().context(), &mut message_headers);
@@ -124,10 +140,13 @@ pub async fn send_event(
     .instrument(span.clone())
     .await;
     match sent {
-        Ok(ack) => Ok(PendingPublish { span, subject: subject.to_string(), event_id: event_id.to_string(), ack }),
+        Ok(ack) => {
+            Ok(PendingPublish { span, subject: subject.to_string(), event_id: event_id.to_string(), started, ack })
+        }
         Err(source) => {
             let error = PublishError::Send { subject: subject.to_string(), event_id: event_id.to_string(), source };
             record_failure(&span, "publish_failed", &tracehop_telemetry::error_chain(&error));
+            record_duration(started, subject, true);
             Err(error)
         }
     }

@@ -7,7 +7,7 @@ use async_nats::{Client, HeaderMap};
 use prost::{Message, Name};
 use tracehop_proto::Reply;
 use tracehop_proto::v1::{Error as WireError, ErrorCode};
-use tracehop_telemetry::record_failure;
+use tracehop_telemetry::{Outcome, mark_failed, record_failure, record_outcome};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -69,7 +69,7 @@ impl RequestError {
 /// Sends `request` on `subject` and waits up to `timeout` for the reply, in a
 /// CLIENT span `send <subject>` whose context travels in the headers. A reply
 /// that carries an error comes back as [`RequestError::Remote`], and the span
-/// is marked failed either way.
+/// is marked failed either way: for the caller, the call did not succeed.
 pub async fn request<Req, Rep>(
     client: &Client,
     subject: &str,
@@ -101,17 +101,24 @@ where
     Rep: Reply,
 {
     let payload = request.encode_to_vec();
+    let endpoint = spans::endpoint();
+    // The kind is CLIENT, not the PRODUCER that the messaging conventions
+    // give a one-way send: the caller waits for the answer, as in an RPC.
     let span = tracing::info_span!(
         "nats.request",
         otel.name = %format!("send {subject}"),
         otel.kind = "client",
         messaging.system = spans::SYSTEM,
-        messaging.operation.type = "send",
-        messaging.operation.name = "request",
+        messaging.operation.type = spans::operation_type::SEND,
+        messaging.operation.name = "send",
         messaging.destination.name = %subject,
+        messaging.client.id = %endpoint.client_id,
         messaging.message.body.size = payload.len() as i64,
         messaging.nats.message.payload_type = %Req::full_name(),
+        server.address = %endpoint.address,
+        server.port = i64::from(endpoint.port),
     );
+    let started = std::time::Instant::now();
     let outcome = async {
         let mut message_headers = HeaderMap::new();
         headers::inject(&tracing::Span::current().context(), &mut message_headers);
@@ -128,14 +135,29 @@ where
     }
     .instrument(span.clone())
     .await;
-    match &outcome {
-        Err(error) => record_failure(&span, error.error_type(), &error.to_string()),
-        Ok(reply) => {
-            if let Some(error) = reply.error() {
-                record_failure(&span, error.kind().short_name(), &error.message);
-            }
+    // A transport failure happened here; an error reply was recorded by the
+    // side that gave it, and only fails this call.
+    let error_type = match &outcome {
+        Err(error) => {
+            record_failure(&span, error.error_type(), &error.to_string());
+            record_outcome(&span, Outcome::Failed, None);
+            Some(error.error_type())
         }
-    }
+        Ok(reply) => match reply.error() {
+            Some(error) => {
+                let code = error.kind();
+                mark_failed(&span, code.short_name(), &error.message);
+                let outcome = if code.is_fault() { Outcome::Failed } else { Outcome::Rejected };
+                record_outcome(&span, outcome, Some(code.short_name()));
+                Some(code.short_name())
+            }
+            None => None,
+        },
+    };
+    tracehop_telemetry::metrics::messaging_client_operation(
+        started.elapsed(),
+        &spans::operation("send", spans::operation_type::SEND, subject, None, error_type),
+    );
     outcome
 }
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracehop_proto::Reply;
 use tracehop_proto::v1::{Error as WireError, ErrorCode};
-use tracehop_telemetry::record_failure;
+use tracehop_telemetry::{Outcome, mark_failed, record_failure, record_outcome};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -101,8 +101,13 @@ impl Responder {
 ///
 /// Each request runs in its own task, in a SERVER span `process <subject>`
 /// that continues the caller's trace. A payload that does not decode as `Req`,
-/// or is too large, is answered with `INVALID_ARGUMENT` and a failure span;
-/// the handler never sees it.
+/// or is too large, is answered with `INVALID_ARGUMENT`; the handler never
+/// sees it.
+///
+/// The span says what the answer was (`tracehop.outcome`,
+/// `tracehop.error.code`); it is ERROR only when the answer is a fault of
+/// this side (internal, unavailable), never for an expected business
+/// answer (declined, out of stock, invalid), which is the caller's to judge.
 pub async fn serve<Req, Rep, H, Fut>(
     client: Client,
     subject: &str,
@@ -173,17 +178,25 @@ where
         return;
     }
     let subject = message.subject.as_str();
+    let endpoint = spans::endpoint();
+    // SERVER, not the CONSUMER that the messaging conventions give a
+    // `process` span: the caller waits for this answer (see README, "Span
+    // kinds").
     let span = tracing::info_span!(
         "nats.serve",
         otel.name = %format!("process {subject}"),
         otel.kind = "server",
         messaging.system = spans::SYSTEM,
-        messaging.operation.type = "process",
-        messaging.operation.name = "reply",
+        messaging.operation.type = spans::operation_type::PROCESS,
+        messaging.operation.name = "process",
         messaging.destination.name = %subject,
+        messaging.client.id = %endpoint.client_id,
         messaging.message.body.size = message.payload.len() as i64,
         messaging.nats.message.payload_type = %Req::full_name(),
+        server.address = %endpoint.address,
+        server.port = i64::from(endpoint.port),
     );
+    let started = std::time::Instant::now();
     let _ = span.set_parent(headers::extract(message.headers.as_ref()));
     if withhold.is_some_and(|withhold| withhold(&span)) {
         // A hung service: the request was received, and no reply will come.
@@ -210,12 +223,26 @@ where
     .instrument(span.clone())
     .await;
 
-    if let Some(error) = reply.error() {
-        record_failure(&span, error.kind().short_name(), &error.message);
+    let mut error_type = None;
+    match reply.error().map(|error| (error.kind(), error)) {
+        None => record_outcome(&span, Outcome::Ok, None),
+        Some((code, error)) if code.is_fault() => {
+            // The fault itself was recorded where it happened (a statement,
+            // a call); this span says that the request failed because of it.
+            mark_failed(&span, code.short_name(), &error.message);
+            record_outcome(&span, Outcome::Failed, Some(code.short_name()));
+            error_type = Some(code.short_name());
+        }
+        Some((code, _)) => record_outcome(&span, Outcome::Rejected, Some(code.short_name())),
     }
     let payload = reply.encode_to_vec();
     if let Err(error) = client.publish(reply_to, payload.into()).await {
         record_failure(&span, "reply_failed", &format!("failed to send the reply: {error}"));
+        error_type = Some("reply_failed");
     }
+    tracehop_telemetry::metrics::messaging_process(
+        started.elapsed(),
+        &spans::operation("process", spans::operation_type::PROCESS, subject, None, error_type),
+    );
     drop(span);
 }

@@ -27,8 +27,12 @@ pub struct BaseConfig {
     pub nats_url: String,
     /// `DATABASE_URL`.
     pub database_url: String,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: spans also go there when set.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: metrics and logs go there when set,
+    /// and spans too unless the keeper exports them (`tail_sampling`).
     pub otlp_endpoint: Option<String>,
+    /// `TRACEHOP_ENVIRONMENT` (default `development`): the resource's
+    /// `deployment.environment.name`.
+    pub environment: String,
     /// `RUST_LOG`.
     pub log_filter: String,
     /// `TRACEHOP_SPAN_FEED` (default on): publish spans to the span feed.
@@ -47,6 +51,7 @@ impl BaseConfig {
             nats_url: env_or("NATS_URL", DEFAULT_NATS_URL.to_string())?,
             database_url: env_or("DATABASE_URL", DEFAULT_DATABASE_URL.to_string())?,
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.trim().is_empty()),
+            environment: env_or("TRACEHOP_ENVIRONMENT", "development".to_string())?,
             log_filter: env_or("RUST_LOG", "info".to_string())?,
             span_feed: env_or("TRACEHOP_SPAN_FEED", true)?,
             tail_sampling: env_or("TRACEHOP_TAIL_SAMPLING", true)?,
@@ -101,8 +106,11 @@ where
     }
     let mut telemetry_config = TelemetryConfig::new(name, version);
     // With tail sampling the keeper exports what it keeps; a service that
-    // exported too would send those spans twice.
-    telemetry_config.otlp_endpoint = if base.tail_sampling { None } else { base.otlp_endpoint.clone() };
+    // exported spans too would send them twice. Metrics and logs are not
+    // sampled: they go from each service.
+    telemetry_config.otlp_endpoint = base.otlp_endpoint.clone();
+    telemetry_config.otlp_traces = !base.tail_sampling;
+    telemetry_config.environment = base.environment.clone();
     telemetry_config.log_filter = base.log_filter.clone();
     let telemetry = tracehop_telemetry::init(&telemetry_config, base.span_feed.then_some(js))?;
 

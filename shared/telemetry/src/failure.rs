@@ -1,18 +1,57 @@
-//! Marking a span as failed, per the OpenTelemetry conventions: status ERROR,
-//! an `error.type` attribute and an `exception` event. Every failure in
-//! tracehop goes through [`record_failure`], so all of them look alike in a
-//! trace.
+//! How a span says what became of its operation, per the OpenTelemetry
+//! conventions ("Recording errors"):
+//!
+//! - [`record_failure`]: the operation failed *here* (a timeout, a refused
+//!   statement, a message that cannot be decoded): status ERROR, `error.type`
+//!   and one `exception` event. Each failure is recorded this way once, on
+//!   the span where it happened.
+//! - [`mark_failed`]: the operation failed because of a failure recorded
+//!   elsewhere (a CLIENT span whose call came back with an error, a SERVER
+//!   span answering with a fault from below): status ERROR and `error.type`,
+//!   no second `exception` event.
+//! - [`record_outcome`]: what the answer was, as attributes
+//!   ([`OUTCOME`], [`ERROR_CODE`]); an expected business answer (declined,
+//!   out of stock) is an outcome, not an error, on the side that gives it.
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Status, TraceContextExt as _};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// Ends `span`'s story as a failure. `error_type` is a short, stable name
-/// (`payment_declined`, `timeout`); `message` is for people and must hold no
-/// secret or personal datum.
+/// `tracehop.outcome`: what became of an answered request or a handled
+/// message, in one word ([`Outcome`]).
+pub const OUTCOME: &str = "tracehop.outcome";
+/// `tracehop.error.code`: the typed error code of the answer
+/// (`payment_declined`, `out_of_stock`, `unavailable`), when there is one.
+pub const ERROR_CODE: &str = "tracehop.error.code";
+
+/// What became of an operation, as `tracehop.outcome` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done as asked.
+    Ok,
+    /// An expected business answer other than yes: declined, out of stock,
+    /// invalid, not found, conflict. Not an error on the side that answers.
+    Rejected,
+    /// The operation itself failed (internal, unavailable, timeout).
+    Failed,
+}
+
+impl Outcome {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The operation of `span` failed here. `error_type` is a short, stable name
+/// (`timeout`, `rejected`); `message` is for people and must hold no secret
+/// or personal datum.
 pub fn record_failure(span: &tracing::Span, error_type: &str, message: &str) {
-    span.set_status(Status::error(message.to_string()));
-    span.set_attribute("error.type", error_type.to_string());
+    mark_failed(span, error_type, message);
     span.add_event(
         "exception",
         vec![
@@ -20,6 +59,23 @@ pub fn record_failure(span: &tracing::Span, error_type: &str, message: &str) {
             KeyValue::new("exception.message", message.to_string()),
         ],
     );
+}
+
+/// The operation of `span` failed because of a failure that was recorded
+/// where it happened: status ERROR and `error.type`, no exception event.
+pub fn mark_failed(span: &tracing::Span, error_type: &str, message: &str) {
+    span.set_status(Status::error(message.to_string()));
+    span.set_attribute("error.type", error_type.to_string());
+}
+
+/// Says on `span` what the answer was: `tracehop.outcome`, and the error
+/// code when there is one. Sets no status: whether that answer is an error
+/// for this span depends on its side (see [`mark_failed`]).
+pub fn record_outcome(span: &tracing::Span, outcome: Outcome, error_code: Option<&str>) {
+    span.set_attribute(OUTCOME, outcome.as_str());
+    if let Some(code) = error_code {
+        span.set_attribute(ERROR_CODE, code.to_string());
+    }
 }
 
 /// The trace id of `span` as 32 hex digits; all zeros when it is not sampled

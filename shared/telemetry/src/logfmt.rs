@@ -1,12 +1,11 @@
 //! The log line format: the usual `tracing` line, prefixed with the service
 //! name and, inside a span, the trace and span ids, so that a log line leads
-//! straight to its trace.
+//! straight to its trace. A line logged with an explicit `parent:` carries
+//! that span's ids.
 
 use std::fmt;
 
-use opentelemetry::trace::TraceContextExt as _;
 use tracing::{Event, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::registry::LookupSpan;
@@ -31,12 +30,12 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         write!(writer, "{} ", self.service)?;
-        if ctx.lookup_current().is_some() {
-            let context = tracing::Span::current().context();
-            let span_context = context.span().span_context().clone();
-            if span_context.is_valid() {
-                write!(writer, "trace_id={} span_id={} ", span_context.trace_id(), span_context.span_id())?;
-            }
+        // The span the line belongs to: an explicit `parent:` wins over the
+        // span that happens to be current.
+        if let Some(span_context) = crate::logs::span_of(event, || ctx.lookup_current().map(|span| span.id()))
+            .and_then(|id| crate::logs::span_context(&id))
+        {
+            write!(writer, "trace_id={} span_id={} ", span_context.trace_id(), span_context.span_id())?;
         }
         self.inner.format_event(ctx, writer, event)
     }

@@ -9,7 +9,8 @@
 //! - [`PostgresCluster`]: a PostgreSQL server of its own (`initdb` in a
 //!   temporary folder, a free port), for tests that restart or kill it;
 //!   stopped and removed on drop.
-//! - [`OtlpReceiver`]: a real OTLP/HTTP receiver that keeps what it is sent.
+//! - [`OtlpReceiver`]: a real OTLP/HTTP receiver that keeps the traces,
+//!   metrics and logs it is sent ([`otlp`] has helpers to read them).
 //! - [`SmtpServer`]: a small real SMTP server that records mail and can
 //!   stall or go down, for the tests of mail delivery.
 //!
@@ -18,7 +19,7 @@
 
 mod database;
 mod nats;
-mod otlp;
+pub mod otlp;
 mod postgres;
 mod smtp;
 mod system;
