@@ -98,7 +98,8 @@ pub async fn run(_settings: &Settings, args: BenchArgs, as_json: bool) -> anyhow
         elapsed: started.elapsed(),
     };
     if let Some(out) = &args.out {
-        bench::write_file(out, &markdown(&report))?;
+        let kept = std::fs::read_to_string(out).ok().and_then(|old| kept_tail(&old));
+        bench::write_file(out, &(markdown(&report) + kept.as_deref().unwrap_or_default()))?;
         say(format!("wrote {}", out.display()));
     }
     if as_json {
@@ -353,6 +354,15 @@ fn figures_table(report: &BenchReport) -> String {
     super::load::table_text(&table)
 }
 
+/// The line after which `BENCHMARKS.md` holds measurements made by hand
+/// (memory under a long load, say), which a new run keeps.
+pub const KEPT_MARKER: &str = "<!-- measured by hand: tracehop bench keeps what follows -->";
+
+/// What follows [`KEPT_MARKER`] in an earlier report, marker included.
+fn kept_tail(old: &str) -> Option<String> {
+    old.find(KEPT_MARKER).map(|at| format!("\n{}", &old[at..]))
+}
+
 /// `BENCHMARKS.md`: the machine, the command, every figure and the steps.
 pub fn markdown(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -444,4 +454,19 @@ fn cpu_table(traced: &BTreeMap<String, f64>, untraced: &BTreeMap<String, f64>) -
     ]);
     super::load::right_align(&mut table, &[1, 2, 3, 4]);
     super::load::table_text(&table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_report_keeps_what_was_measured_by_hand() {
+        let old = format!("# Benchmarks\nold figures\n{KEPT_MARKER}\n## Memory\nnats 300 MB\n");
+        let tail = kept_tail(&old).expect("the marker is there");
+        assert!(tail.starts_with(&format!("\n{KEPT_MARKER}")), "{tail}");
+        assert!(tail.ends_with("## Memory\nnats 300 MB\n"), "{tail}");
+        assert!(!tail.contains("old figures"));
+        assert_eq!(kept_tail("# Benchmarks\nno marker\n"), None);
+    }
 }
