@@ -148,6 +148,7 @@ async fn status_kill_and_start_operate_single_services() {
     let cli = Cli {
         env: vec![
             ("NATS_URL", nats.url()),
+            ("TRACEHOP_NATS_KEYS", nats.keys_dir().to_string_lossy().into_owned()),
             ("DATABASE_URL", db.url()),
             ("TRACEHOP_GATEWAY", format!("127.0.0.1:{}", free_port())),
             ("TRACEHOP_HOME", home.0.to_string_lossy().into_owned()),
@@ -228,7 +229,8 @@ async fn status_kill_and_start_operate_single_services() {
     if SERVICES.contains(&"sentinel") {
         cli.ok(&["kill", "sentinel"]);
     }
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // Loyalty's own key: nobody else may file loyalty's dead letters.
+    let js = async_nats::jetstream::new(nats.connect_service(tracehop_messaging::Service::Loyalty).await.unwrap());
     js.publish(topology::dead_letter_subject("loyalty"), "not a real event".into()).await.unwrap().await.unwrap();
     let status = cli.status();
     assert_eq!(status["sentinel"], false, "{status:#}");

@@ -119,6 +119,56 @@ impl Service {
         }
     }
 
+    /// The PostgreSQL schema it owns, the only one its database role may
+    /// use; none for a service without a database.
+    pub const fn schema(self) -> Option<&'static str> {
+        match self {
+            Service::Inventory => Some("inventory"),
+            Service::Order => Some("ordering"),
+            Service::Payment => Some("payment"),
+            Service::Loyalty => Some("loyalty"),
+            Service::Notification => Some("notification"),
+            Service::Analytics => Some("analytics"),
+            Service::Sentinel | Service::Keeper | Service::Gateway => None,
+        }
+    }
+
+    /// Its PostgreSQL login role, `tracehop_<name>`, for a service with a
+    /// schema.
+    pub fn database_role(self) -> Option<String> {
+        self.schema().map(|_| format!("tracehop_{}", self.name()))
+    }
+
+    /// The request/reply subjects it calls (what it may send requests to;
+    /// the command's probes and operations aside).
+    pub const fn calls(self) -> &'static [&'static str] {
+        match self {
+            Service::Gateway => &[subjects::ORDER_PLACE, subjects::ORDER_GET, subjects::ANALYTICS_SUMMARY],
+            Service::Order => &[
+                subjects::INVENTORY_RESERVE,
+                subjects::INVENTORY_COMMIT,
+                subjects::INVENTORY_RELEASE,
+                subjects::PAYMENT_CHARGE,
+            ],
+            // Premium orders price every item.
+            Service::Loyalty => &[subjects::INVENTORY_PRICES],
+            Service::Inventory
+            | Service::Payment
+            | Service::Notification
+            | Service::Analytics
+            | Service::Sentinel
+            | Service::Keeper => &[],
+        }
+    }
+
+    /// The event subjects it publishes to the streams (through its outbox).
+    pub const fn publishes(self) -> &'static [&'static str] {
+        match self {
+            Service::Order => &[subjects::ORDER_CONFIRMED, subjects::ORDER_FAILED],
+            _ => &[],
+        }
+    }
+
     /// The durable consumers it owns.
     pub fn consumers(self) -> Vec<ConsumerSpec> {
         let durable = self.name();
