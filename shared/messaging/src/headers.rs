@@ -1,5 +1,9 @@
 //! W3C trace context in and out of NATS headers.
 //!
+//! Every value written here passes through the telemetry crate's scrubber
+//! ([`tracehop_telemetry::redact`]): a card number, CVV or e-mail address
+//! in baggage (or anywhere else) never reaches a NATS header.
+//!
 //! Header look-ups in async-nats are case-sensitive and inserting an invalid
 //! header name panics, so both directions go through this module only: names
 //! from outside are parsed, never trusted.
@@ -48,6 +52,7 @@ impl Injector for HeaderInjector<'_> {
         if value.is_empty() {
             return;
         }
+        let value = tracehop_telemetry::redact::redact(&value);
         if let (Ok(name), Ok(value)) = (HeaderName::from_str(key), HeaderValue::from_str(&value)) {
             self.0.insert(name, value);
         }
@@ -72,6 +77,21 @@ pub fn inject(context: &Context, headers: &mut HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(context, &mut HeaderInjector(headers));
     });
+}
+
+/// `headers` with every value scrubbed of card numbers, CVVs and e-mail
+/// addresses (for a dead letter, which keeps a message's headers for a month).
+pub fn scrubbed(headers: &HeaderMap) -> HeaderMap {
+    let mut clean = HeaderMap::new();
+    for (name, values) in headers.iter() {
+        for value in values {
+            let text = tracehop_telemetry::redact::redact(value.as_str());
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                clean.append(name.clone(), value);
+            }
+        }
+    }
+    clean
 }
 
 /// Reads the context a message carries. A missing or malformed `traceparent`

@@ -8,6 +8,8 @@
 //! - [`failure`]: [`record_failure`], the one way a span is marked failed;
 //!   [`error_chain`], an error and its sources as one line; [`now_unix_ms`].
 //! - [`logfmt`]: the log line format with `trace_id` and `span_id`.
+//! - [`redact`]: the one scrubber of card numbers, CVVs and e-mail
+//!   addresses; every exported span and every log line passes through it.
 //!
 //! The sampler comes from the standard `OTEL_TRACES_SAMPLER` and
 //! `OTEL_TRACES_SAMPLER_ARG` (read by the SDK); the default is parent-based
@@ -15,6 +17,7 @@
 
 pub mod failure;
 pub mod logfmt;
+pub mod redact;
 
 pub use failure::{current_trace_id, error_chain, now_unix_ms, record_failure, trace_id_of};
 
@@ -100,6 +103,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
     if let Some(js) = span_feed {
         let exporter = SpanFeedExporter::new(js, config.service_name);
         feed_stats = Some(exporter.stats());
+        let exporter = redact::RedactingExporter::new(exporter);
         builder = builder
             .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build());
     }
@@ -109,6 +113,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
             .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
             .build()
             .context("failed to build the OTLP span exporter")?;
+        let exporter = redact::RedactingExporter::new(exporter);
         builder = builder
             .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build());
     }
@@ -135,6 +140,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
         .with_filter(otel_filter);
     // Colors only for a person at a terminal, not in log files.
     let log_layer = fmt::layer()
+        .with_writer(redact::RedactingStdout)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .event_format(logfmt::TraceIdsFormat::new(config.service_name))
         .with_filter(EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info")));
