@@ -53,8 +53,6 @@ pub struct Permissions {
     /// Carved out of `publish_allow`: other services' durables.
     pub publish_deny: Vec<String>,
     pub subscribe_allow: Vec<String>,
-    /// May answer the requests it receives (on their reply subjects).
-    pub allow_responses: bool,
 }
 
 impl NatsUser {
@@ -95,15 +93,31 @@ impl NatsUser {
             NatsUser::Command => return command_permissions(p),
             NatsUser::Service(service) => service,
         };
-        // Everyone writes its own spans and reads the scenario switches.
+        // Everyone writes its own spans, and (re)creates the feed: it lives
+        // in the server's memory, and a restart of the server loses it.
         p.publish_allow.push(format!("spans.*.*.{}", service.name()));
-        p.publish_allow.push(js_api(&format!("STREAM.INFO.{SPAN_STREAM}")));
+        for action in ["INFO", "CREATE", "UPDATE"] {
+            p.publish_allow.push(js_api(&format!("STREAM.{action}.{SPAN_STREAM}")));
+        }
+        // Everyone reads the scenario switches.
         read_scenarios(&mut p);
 
-        for subject in service.all_subjects() {
-            p.subscribe_allow.push(subject);
-            p.allow_responses = true;
+        // A responder hears its subjects and answers into the inboxes of
+        // those who may call it: the services whose calls it serves, and
+        // the command (probes, replays, status). Named inboxes rather than
+        // `allow_responses`, whose grant the server forgets when a
+        // connection is re-made, so that a request in flight across a
+        // server restart could not be answered.
+        let subjects = service.all_subjects();
+        if !subjects.is_empty() {
+            let callers = Service::ALL
+                .into_iter()
+                .filter(|caller| caller.calls().iter().any(|called| subjects.iter().any(|s| s == called)))
+                .map(NatsUser::Service)
+                .chain([NatsUser::Command]);
+            p.publish_allow.extend(callers.map(|caller| format!("{}.>", caller.inbox_prefix())));
         }
+        p.subscribe_allow.extend(subjects);
         p.publish_allow.extend(service.calls().iter().map(|s| s.to_string()));
         p.publish_allow.extend(service.publishes().iter().map(|s| s.to_string()));
         for spec in service.consumers() {
@@ -288,9 +302,6 @@ pub fn accounts_config() -> String {
             "          subscribe: {{\n            allow: {}\n          }}\n",
             list(&p.subscribe_allow, 12)
         ));
-        if p.allow_responses {
-            out.push_str("          allow_responses: true\n");
-        }
         out.push_str("        }\n      }\n");
     }
     out.push_str("    ]\n  }\n}\n");
@@ -398,7 +409,7 @@ mod tests {
             let hears_charges = p.subscribe_allow.iter().any(|s| s == subjects::PAYMENT_CHARGE);
             assert_eq!(hears_charges, user == NatsUser::Service(Service::Payment), "{user}");
             assert!(!p.subscribe_allow.iter().any(|s| s == "_INBOX.>" || s == ">"), "{user} hears every inbox");
-            assert!(!p.publish_allow.iter().any(|s| s == ">"), "{user} publishes anywhere");
+            assert!(!p.publish_allow.iter().any(|s| s == ">" || s == "_INBOX.>"), "{user} publishes anywhere");
         }
     }
 
