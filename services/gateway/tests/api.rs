@@ -14,10 +14,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use async_nats::jetstream;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
