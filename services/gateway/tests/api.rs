@@ -2,8 +2,10 @@
 //! `oneshot` (no socket) against a real `nats-server` per test.
 //!
 //! Every test but the ones that need a service to answer also watches
-//! `svc.>` (which holds `svc.order.place`) from a second connection, so that a
-//! request the gateway turns down is proven never to reach a service.
+//! order's subjects (as order's own NATS user; the gateway's permissions
+//! allow it nothing but order's and analytics' reads) from a second
+//! connection, so that a request the gateway turns down is proven never to
+//! reach a service.
 //! Telemetry is installed once per test binary: without it there is no trace
 //! id to check.
 //!
@@ -63,7 +65,7 @@ fn install_telemetry() {
 /// The gateway on its own `nats-server`.
 struct Gateway {
     app: Router,
-    /// Every message sent on `svc.>`; `None` when the test needs NATS to say
+    /// Every message sent to order; `None` when the test needs NATS to say
     /// that nobody answers, which any subscriber would prevent.
     watch: Option<futures::stream::SelectAll<async_nats::Subscriber>>,
     /// The connection `watch` lives on, kept open for the test's length.
