@@ -1,5 +1,6 @@
 //! The one catalog of the system: every service, the executable it runs
-//! as, the request/reply subjects it serves, the durable consumers it owns,
+//! as, the request/reply subjects it serves and calls, the events it
+//! publishes, its database schema, the durable consumers it owns,
 //! whether its consumer can be replayed and whether it must run once; plus
 //! the streams those consumers read. `tracehop up` and the tests create the
 //! streams and every durable before any service starts, so that events wait
@@ -7,8 +8,9 @@
 //!
 //! Everything else derives from here: the launcher's start order and
 //! readiness probes, `tracehop status`, replay's list of replayable
-//! consumers, the sentinel's expected consumers and each crate's `SERVICE`
-//! name. A new service is a new [`Service`] variant; every `match` on it
+//! consumers, the sentinel's expected consumers, each crate's `SERVICE`
+//! name, each service's NATS permissions ([`crate::access`]) and its
+//! database role. A new service is a new [`Service`] variant; every `match` on it
 //! then fails to compile until the service is described, and the tests
 //! below fail when it is missing from [`Service::ALL`].
 

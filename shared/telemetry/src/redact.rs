@@ -137,7 +137,9 @@ fn redact_emails(text: &str) -> String {
 }
 
 /// Replaces 13 to 19 digits, in groups separated by single spaces or
-/// dashes, not part of a longer word, that pass the Luhn check.
+/// dashes, not part of a longer word, that pass the Luhn check. Within a
+/// run of groups (`card 4242 4242 4242 4242 2 items`) every stretch of
+/// whole groups is a candidate, the longest first.
 fn redact_cards(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -149,36 +151,45 @@ fn redact_cards(text: &str) -> String {
             i += 1;
             continue;
         }
-        // Walk digits and single separators.
-        let mut digits = Vec::with_capacity(19);
-        let mut end = i;
+        // The run's groups of digits: (start, end) byte offsets.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
         let mut j = i;
-        while j < bytes.len() {
-            if bytes[j].is_ascii_digit() {
-                digits.push(bytes[j] - b'0');
+        loop {
+            let group_start = j;
+            while j < bytes.len() && bytes[j].is_ascii_digit() {
                 j += 1;
-                end = j;
-            } else if matches!(bytes[j], b' ' | b'-') && j + 1 < bytes.len() && bytes[j + 1].is_ascii_digit() {
-                j += 1;
-            } else {
+            }
+            groups.push((group_start, j));
+            let separated = j + 1 < bytes.len() && matches!(bytes[j], b' ' | b'-') && bytes[j + 1].is_ascii_digit();
+            if !separated {
                 break;
             }
-            if digits.len() > 19 {
-                break;
+            j += 1;
+        }
+        let run_end = j;
+        // A last group glued to a letter is part of a word (an id), not of
+        // a card.
+        if run_end < bytes.len() && bytes[run_end].is_ascii_alphanumeric() {
+            groups.pop();
+        }
+        let mut g = 0;
+        while g < groups.len() {
+            let card = (g..groups.len()).rev().find(|&last| {
+                let digits: Vec<u8> =
+                    groups[g..=last].iter().flat_map(|&(a, b)| bytes[a..b].iter().map(|d| d - b'0')).collect();
+                (13..=19).contains(&digits.len()) && luhn(&digits)
+            });
+            match card {
+                Some(last) => {
+                    out.push_str(&text[copied..groups[g].0]);
+                    out.push_str(CARD);
+                    copied = groups[last].1;
+                    g = last + 1;
+                }
+                None => g += 1,
             }
         }
-        let ends_word = end == bytes.len() || !bytes[end].is_ascii_alphanumeric();
-        if (13..=19).contains(&digits.len()) && ends_word && luhn(&digits) {
-            out.push_str(&text[copied..i]);
-            out.push_str(CARD);
-            copied = end;
-            i = end;
-        } else {
-            // Skip this run of digits.
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-        }
+        i = run_end;
     }
     out.push_str(&text[copied..]);
     out
@@ -357,6 +368,10 @@ mod tests {
             assert_eq!(redact(&format!("card {card} declined")), "card [card] declined", "{card}");
         }
         assert_eq!(redact(r#"{"number":"4000000000000119"}"#), r#"{"number":"[card]"}"#);
+        // Found by the fuzzer: a number right after the card hid it.
+        assert_eq!(redact("5001005000008 1"), "[card] 1");
+        assert_eq!(redact("1 4242 4242 4242 4242 2 items"), "1 [card] 2 items");
+        assert_eq!(redact("0000000000000 0a"), "[card] 0a");
     }
 
     #[test]
