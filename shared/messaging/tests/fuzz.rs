@@ -16,6 +16,19 @@ use tracehop_messaging::headers;
 use tracehop_messaging::w3c::{self, BaggagePolicy};
 use tracehop_proto::v1;
 
+/// The propagators every service installs (telemetry's `init`): without
+/// them nothing is extracted, and the header properties would hold
+/// vacuously.
+fn install_propagators() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+        opentelemetry::global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+            vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())],
+        ));
+    });
+}
+
 /// Text near the grammar: hex, separators, the characters the W3C grammars
 /// care about, and now and then anything at all.
 fn near_w3c() -> impl Strategy<Value = String> {
@@ -125,6 +138,7 @@ proptest! {
             0..6,
         ),
     ) {
+        install_propagators();
         let mut map = HeaderMap::new();
         for (name, value) in &pairs {
             // Names and values from outside are parsed, never trusted.
@@ -135,11 +149,26 @@ proptest! {
         let context = headers::extract(Some(&map));
         let span = context.span();
         let span_context = span.span_context();
-        if span_context.is_valid() {
-            let value = map.get("traceparent").map(|v| v.as_str().to_string()).unwrap_or_default();
-            prop_assert!(w3c::traceparent(&[value.as_str()]).is_some(), "a context from {:?}", value);
-            prop_assert!(value.contains(&span_context.trace_id().to_string()));
+        let values: Vec<&str> = map.get_all("traceparent").map(|v| v.as_str()).collect();
+        // Exactly what the W3C parser takes, no more and no less.
+        match w3c::traceparent(&values) {
+            Some(traceparent) => {
+                prop_assert!(span_context.is_valid(), "no context from {:?}", values);
+                prop_assert!(traceparent.contains(&span_context.trace_id().to_string()));
+            }
+            None => prop_assert!(!span_context.is_valid(), "a context from {:?}", values),
         }
+    }
+
+    #[test]
+    fn two_traceparents_start_a_new_trace(first in valid_traceparent(), second in valid_traceparent()) {
+        install_propagators();
+        let mut map = HeaderMap::new();
+        for (version, trace, parent, flags) in [first, second] {
+            map.append("traceparent", format!("{version}-{trace}-{parent}-{flags}").as_str());
+        }
+        let context = headers::extract(Some(&map));
+        prop_assert!(!context.span().span_context().is_valid(), "continued one of two traceparents");
     }
 
     #[test]
