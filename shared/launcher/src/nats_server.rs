@@ -216,6 +216,15 @@ impl OwnServer {
         if let Some(pid) = self.running_pid() {
             return Ok((pid, false));
         }
+        // Something else on the port would answer the readiness check below
+        // while our server fails to bind.
+        if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            bail!(
+                "port {} is taken by another program; set TRACEHOP_NATS_PORT to a free one (or NATS_URL to use a \
+                 server of your own)",
+                self.port
+            );
+        }
         ensure_keys(&self.keys_dir())?;
         let config = ServerConfig::new(self.port, self.dir.join("store")).write(&self.dir)?;
         fs::create_dir_all(&self.run_dir).with_context(|| format!("failed to create {}", self.run_dir.display()))?;
