@@ -41,10 +41,10 @@ pub async fn ensure(
         if let Some(password) = password(role) {
             // A literal: ALTER ROLE takes no bind parameters.
             let statement = format!("ALTER ROLE {} PASSWORD {}", ident(&role.role), literal(&password));
-            sqlx::raw_sql(&statement).execute(&mut owner).await?;
+            on_the_server(&mut owner, &statement).await?;
         }
         let (r, s) = (ident(&role.role), ident(role.schema));
-        let mut grants = format!(
+        let grants = format!(
             "GRANT CONNECT ON DATABASE {db} TO {r};
              GRANT USAGE ON SCHEMA {s} TO {r};
              GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {s} TO {r};
@@ -53,14 +53,42 @@ pub async fn ensure(
              ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {r};",
             db = ident(&database_of(owner_url)?),
         );
-        if role.reads_lock_waits {
-            grants.push_str(&format!("GRANT pg_read_all_stats TO {r};"));
-        }
         sqlx::raw_sql(&grants).execute(&mut owner).await?;
+        if role.reads_lock_waits {
+            let member: bool = sqlx::query_scalar("SELECT pg_has_role($1, 'pg_read_all_stats', 'MEMBER')")
+                .bind(&role.role)
+                .fetch_one(&mut owner)
+                .await?;
+            if !member {
+                on_the_server(&mut owner, &format!("GRANT pg_read_all_stats TO {r}")).await?;
+            }
+        }
     }
     // Nobody but the owner creates objects in `public`.
     sqlx::raw_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC").execute(&mut owner).await?;
     owner.close().await
+}
+
+/// Runs `statement`, which changes a role (the server's, shared by every
+/// database on it): two systems or tests preparing at once may change the
+/// same role, which PostgreSQL refuses with "tuple concurrently updated"
+/// (XX000) rather than waiting; the statement is then run again.
+async fn on_the_server(owner: &mut PgConnection, statement: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sqlx::raw_sql(statement).execute(&mut *owner).await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(error))
+                if attempt < 8
+                    && error.code().as_deref() == Some("XX000")
+                    && error.message().contains("concurrently") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 async fn create_role(owner: &mut PgConnection, role: &str) -> Result<(), sqlx::Error> {
