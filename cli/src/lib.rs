@@ -4,8 +4,8 @@
 //! - [`settings`]: where NATS, PostgreSQL, the gateway and the state folder
 //!   are (environment variables with developer-machine defaults).
 //! - [`commands`]: one module per subcommand (`up`, `down`, `prepare`,
-//!   `order`, `trace`, `watch`, `status`, `kill`, `start`, `replay`,
-//!   `discard-dead-letters`, `demo`).
+//!   `nats-keys`, `order`, `trace`, `watch`, `status`, `kill`, `start`,
+//!   `replay`, `discard-dead-letters`, `demo`).
 //! - [`client`]: the gateway's HTTP API as the command uses it.
 //! - [`render`]: waterfalls, watch lines and JSON for traces.
 //! - [`load`]: the load engine behind `tracehop load` (an open model over

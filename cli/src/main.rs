@@ -26,6 +26,13 @@ enum Command {
     Down,
     /// Migrations, streams and durable consumers only; no service is started.
     Prepare,
+    /// Make the NATS users' keys (once) for a server started elsewhere, e.g. by compose.
+    NatsKeys {
+        /// Where the keys go; default: the keys folder `up` uses (TRACEHOP_NATS_KEYS, or
+        /// TRACEHOP_HOME/nats/keys).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Place an order through the gateway's HTTP API.
     Order {
         /// An item as SKU:QTY; repeat for more items.
@@ -252,6 +259,10 @@ async fn main() -> ExitCode {
         Command::Up { detach } => commands::up::run(&settings, detach).await,
         Command::Down => commands::down::run(&settings).await,
         Command::Prepare => commands::up::prepare_only(&settings).await,
+        Command::NatsKeys { dir } => {
+            let dir = dir.or_else(|| settings.nats_keys.clone()).unwrap_or_else(|| settings.home.join("nats/keys"));
+            commands::nats_keys::run(&dir)
+        }
         Command::Order { items, customer, card, email, traceparent, json } => {
             let input = tracehop::client::OrderInput { customer, items, card, email, traceparent };
             commands::order::run(&settings, input, json).await

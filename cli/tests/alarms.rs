@@ -275,7 +275,7 @@ async fn discarding_dead_letters_says_what_it_drops_and_closes_the_alert() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("poison-{i}").as_str());
         let ack = system
-            .js
+            .order_js
             .publish_with_headers(tracehop_proto::subjects::ORDER_CONFIRMED, headers, "not an order event".into())
             .await
             .unwrap();
@@ -296,7 +296,7 @@ async fn discarding_dead_letters_says_what_it_drops_and_closes_the_alert() {
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracehop"))
         .args(["discard-dead-letters", "--consumer", "analytics"])
-        .env("NATS_URL", system.nats_server.url())
+        .envs(system.command_env())
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -322,7 +322,7 @@ async fn discarding_dead_letters_says_what_it_drops_and_closes_the_alert() {
     // Nothing left: says so.
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_tracehop"))
         .args(["discard-dead-letters", "--consumer", "analytics"])
-        .env("NATS_URL", system.nats_server.url())
+        .envs(system.command_env())
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&again.stdout), "analytics has no dead letters; nothing discarded\n");
@@ -368,7 +368,7 @@ async fn a_consumer_working_through_a_backlog_is_busy_not_down() {
         headers.insert(tracehop_messaging::headers::MESSAGE_ID, event_id.as_str());
         headers.insert(tracehop_messaging::headers::PAYLOAD_TYPE, "tracehop.v1.OrderEvent");
         let ack = system
-            .js
+            .order_js
             .publish_with_headers(tracehop_proto::subjects::ORDER_CONFIRMED, headers, event.encode_to_vec().into())
             .await
             .unwrap();

@@ -94,7 +94,7 @@ async fn poison_messages_are_dead_lettered_and_consumers_go_on() {
             headers.insert("Tracehop-Payload-Type", *payload_type);
         }
         system
-            .js
+            .order_js
             .publish_with_headers("orders.confirmed", headers, payload.to_vec().into())
             .await
             .unwrap()

@@ -20,11 +20,7 @@ use common::{CARD_DECLINED, CARD_OK, order_body, post_order, read_trace};
 const HOLD: Duration = Duration::from_millis(1500);
 
 fn tracehop(system: &TestSystem, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tracehop"))
-        .args(args)
-        .env("NATS_URL", system.nats_server.url())
-        .output()
-        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tracehop")).args(args).envs(system.command_env()).output().unwrap();
     assert!(
         output.status.success(),
         "tracehop {} failed:\n{}\n{}",
@@ -170,7 +166,7 @@ async fn slowest_finds_a_checkout_held_by_a_row_lock_and_explain_names_the_updat
     // An unknown trace is an error, not an empty explanation.
     let output = Command::new(env!("CARGO_BIN_EXE_tracehop"))
         .args(["explain", &format!("{}1", "0".repeat(31))])
-        .env("NATS_URL", system.nats_server.url())
+        .envs(system.command_env())
         .output()
         .unwrap();
     assert!(!output.status.success());

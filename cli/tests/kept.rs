@@ -21,7 +21,7 @@ const FEED_BYTES: i64 = 160 * 1024;
 fn tracehop(system: &TestSystem, args: &[&str]) -> (bool, Value, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracehop"))
         .args(args)
-        .env("NATS_URL", system.nats_server.url())
+        .envs(system.command_env())
         .output()
         .unwrap();
     let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);

@@ -25,7 +25,7 @@ async fn load_counts_agree_with_the_database_and_drain_means_processed() {
     let load = Command::new(env!("CARGO_BIN_EXE_tracehop"))
         .args(["load", "--rate", "30", "--duration", "5s", "--premium-ratio", "0.2", "--decline-ratio", "0.2"])
         .args(["--json"])
-        .env("NATS_URL", system.nats_server.url())
+        .envs(system.command_env())
         .env("TRACEHOP_GATEWAY", &gateway)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -114,7 +114,7 @@ async fn a_relay_that_is_down_dead_letters_and_the_redrive_sends_each_mail_once(
     for expected_applied in [2, 0] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracehop"))
             .args(["replay", "--dead-letters", "--consumer", "notification", "--json"])
-            .env("NATS_URL", system.nats_server.url())
+            .envs(system.command_env())
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -29,6 +29,11 @@ impl Cli {
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_tracehop"))
             .args(args)
+            // Only what the test gives: a NATS server of the caller's own
+            // would stop `up` from starting the system's.
+            .env_remove("NATS_URL")
+            .env_remove("TRACEHOP_NATS_KEYS")
+            .env_remove("NATS_NKEY")
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
             .expect("failed to run tracehop")
@@ -141,6 +146,63 @@ fn pid_in(text: &str) -> u32 {
     rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
 }
 
+/// With no `NATS_URL` and `nats-server` on the PATH, `up` runs the system's
+/// own NATS server (its port, store and keys under the home, `GOMEMLIMIT`
+/// from the span feed's size), which nobody reaches without a key, and
+/// `down` stops it last.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_runs_the_systems_own_nats_server_and_down_stops_it_last() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let db = TestDatabase::create().await.unwrap();
+    let home = Home::new();
+    let port = free_port();
+    let feed_bytes: u64 = 64 * 1024 * 1024;
+    let cli = Cli {
+        env: vec![
+            ("DATABASE_URL", db.url()),
+            ("TRACEHOP_GATEWAY", format!("127.0.0.1:{}", free_port())),
+            ("TRACEHOP_HOME", home.0.to_string_lossy().into_owned()),
+            ("TRACEHOP_NATS_PORT", port.to_string()),
+            ("TRACEHOP_SPAN_FEED_BYTES", feed_bytes.to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", String::new()),
+            ("RUST_LOG", "info".to_string()),
+            ("NO_COLOR", "1".to_string()),
+        ],
+    };
+    let down = Down(&cli);
+    let up = cli.ok(&["up", "--detach"]);
+    assert!(up.contains("nats-server   started"), "{up}");
+
+    // A real nats-server process, pid-managed like the services.
+    let pid: u32 = std::fs::read_to_string(home.0.join("run/nats-server.pid")).unwrap().trim().parse().unwrap();
+    assert!(tracehop_launcher::runs_program(pid, "nats-server"));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let expected = format!("GOMEMLIMIT={}", feed_bytes + feed_bytes / 2 + 128 * 1024 * 1024);
+    assert!(environ.split(|b| *b == 0).any(|entry| entry == expected.as_bytes()), "no {expected}");
+    assert!(home.0.join("nats/store/jetstream").is_dir(), "the store is not under the home");
+
+    // Keys readable by their owner only; nobody gets in without one.
+    let keys = home.0.join("nats/keys");
+    assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o700);
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        assert_eq!(entry.unwrap().metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let anonymous = async_nats::ConnectOptions::new().connect(format!("nats://127.0.0.1:{port}")).await;
+    assert!(anonymous.is_err(), "an anonymous client got in");
+
+    // The system works on it: an order through, status read.
+    let order: Value = serde_json::from_str(&cli.ok(&["order", "--json"])).unwrap();
+    assert_eq!(order["status"], "confirmed", "{order:#}");
+    cli.status_until("every service up", |status| SERVICES.iter().all(|name| is_up(status, name)));
+
+    // Down stops it, last.
+    let stopped = cli.ok(&["down"]);
+    let last = stopped.lines().last().unwrap_or_default();
+    assert!(last.contains("nats-server") && last.contains("stopped"), "{stopped}");
+    assert!(!tracehop_launcher::runs_program(pid, "nats-server"), "nats-server outlived down");
+    drop(down);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_kill_and_start_operate_single_services() {
     let nats = NatsServer::start().await.unwrap();
@@ -149,6 +211,7 @@ async fn status_kill_and_start_operate_single_services() {
     let cli = Cli {
         env: vec![
             ("NATS_URL", nats.url()),
+            ("TRACEHOP_NATS_KEYS", nats.keys_dir().to_string_lossy().into_owned()),
             ("DATABASE_URL", db.url()),
             ("TRACEHOP_GATEWAY", format!("127.0.0.1:{}", free_port())),
             ("TRACEHOP_HOME", home.0.to_string_lossy().into_owned()),
@@ -229,7 +292,8 @@ async fn status_kill_and_start_operate_single_services() {
     if SERVICES.contains(&"sentinel") {
         cli.ok(&["kill", "sentinel"]);
     }
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // Loyalty's own key: nobody else may file loyalty's dead letters.
+    let js = async_nats::jetstream::new(nats.connect_service(tracehop_messaging::Service::Loyalty).await.unwrap());
     js.publish(topology::dead_letter_subject("loyalty"), "not a real event".into()).await.unwrap().await.unwrap();
     let status = cli.status();
     assert_eq!(status["sentinel"], false, "{status:#}");

@@ -453,7 +453,7 @@ async fn a_redrive_after_a_fix_applies_each_dead_letter_once_in_its_original_tra
     // A second redrive, through the command itself, finds nothing to do.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracehop"))
         .args(["replay", "--dead-letters", "--consumer", "notification", "--json"])
-        .env("NATS_URL", system.nats_server.url())
+        .envs(system.command_env())
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -559,7 +559,7 @@ async fn replay_throughput() {
         headers.insert("Nats-Msg-Id", event.event_id.as_str());
         headers.insert("Tracehop-Payload-Type", "tracehop.v1.OrderEvent");
         let subject = if confirmed { "orders.confirmed" } else { "orders.failed" };
-        acks.push(system.js.publish_with_headers(subject, headers, event.encode_to_vec().into()).await.unwrap());
+        acks.push(system.order_js.publish_with_headers(subject, headers, event.encode_to_vec().into()).await.unwrap());
         if acks.len() >= 256 {
             for ack in acks.drain(..) {
                 ack.await.unwrap();

@@ -1,5 +1,6 @@
 //! `tracehop down`: stops what `up` started, the gateway first so that no
-//! new order comes in while the rest drains.
+//! new order comes in while the rest drains, and the system's own NATS
+//! server last, once nothing needs it.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +17,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             println!("  {service:<13} stopped");
             stopped += 1;
         }
+    }
+    if let Some(own) = &settings.own_nats
+        && own.stop(Duration::from_secs(15)).await
+    {
+        println!("  {:<13} stopped", "nats-server");
+        stopped += 1;
     }
     if stopped == 0 {
         println!("nothing was running");

@@ -7,6 +7,7 @@ pub mod down;
 pub mod explain;
 pub mod kill;
 pub mod load;
+pub mod nats_keys;
 pub mod order;
 pub mod replay;
 pub mod scenario;
@@ -25,18 +26,23 @@ use crate::settings::Settings;
 
 /// Connects to NATS or explains how to get it running.
 pub async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
-    let connect = async_nats::ConnectOptions::new()
-        .name("tracehop-cli")
-        .connection_timeout(Duration::from_secs(3))
-        .connect(&settings.nats_url);
+    let options = tracehop_messaging::access::connect_options(
+        tracehop_messaging::access::NatsUser::Command,
+        &settings.nats_credentials()?,
+    );
+    let connect = options.connection_timeout(Duration::from_secs(3)).connect(&settings.nats_url);
     tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|result| result.map_err(anyhow::Error::from))
         .with_context(|| {
             format!(
-                "failed to connect to NATS at {} (start one with `nats-server -js`, or set NATS_URL)",
-                settings.nats_url
+                "failed to connect to NATS at {} ({})",
+                settings.nats_url,
+                match &settings.own_nats {
+                    Some(_) => "is the system up? `tracehop up` starts its NATS server",
+                    None => "start one with `nats-server -js`, or set NATS_URL",
+                }
             )
         })
 }

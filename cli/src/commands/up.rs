@@ -26,16 +26,23 @@ pub async fn run(settings: &Settings, detach: bool) -> anyhow::Result<ExitCode> 
     super::down::run(settings).await
 }
 
-/// Migrations, streams and consumers, without starting anything: what a
-/// deployment runs once before its services start (see `compose.yaml`).
+/// Migrations, streams and consumers, without starting any service: what a
+/// deployment runs once before its services start (see `compose.yaml`). The
+/// system's own NATS server is started when it is the one used.
 pub async fn prepare_only(settings: &Settings) -> anyhow::Result<ExitCode> {
+    if let Some(own) = &settings.own_nats {
+        own.start().await?;
+    }
     let nats = super::connect_nats(settings).await?;
     prepare(settings, &nats).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Result<()> {
-    tracehop_launcher::prepare(nats, &settings.database_url, &settings.limits).await.with_context(
+    let passwords = settings.database_passwords_dir();
+    tracehop_launcher::ensure_database_passwords(&passwords)?;
+    let password = |service| tracehop_launcher::database_password(&passwords, service);
+    tracehop_launcher::prepare(nats, &settings.database_url, &settings.limits, password).await.with_context(
         || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
     )?;
     println!("migrations applied, streams and consumers ready");
@@ -47,6 +54,12 @@ async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Resu
 pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     let launcher = settings.launcher()?;
     launcher.check_binaries()?;
+    if let Some(own) = &settings.own_nats {
+        match own.start().await? {
+            (pid, true) => println!("  {:<13} started (pid {pid}) on {}", "nats-server", own.url()),
+            (pid, false) => println!("  {:<13} already running (pid {pid})", "nats-server"),
+        }
+    }
     let nats = super::connect_nats(settings).await?;
     prepare(settings, &nats).await?;
     for service in SERVICES {
@@ -65,7 +78,15 @@ pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     }
     println!("\nall {} services are up", SERVICES.len());
     println!("  gateway   {}", settings.gateway_url());
-    println!("  NATS      {}", settings.nats_url);
+    match &settings.own_nats {
+        Some(own) => println!(
+            "  NATS      {} (the system's own; keys in {}, log {})",
+            settings.nats_url,
+            own.keys_dir().display(),
+            own.log_path().display()
+        ),
+        None => println!("  NATS      {}", settings.nats_url),
+    }
     println!("  logs      {}", settings.run_dir().display());
     if settings.smtp {
         println!("  mail      over SMTP (SMTP_URL)");

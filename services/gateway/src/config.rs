@@ -20,6 +20,10 @@ pub struct Config {
     /// members pass the edge. A client is not trusted to set values that
     /// services act on, so by default none does.
     pub baggage: BaggagePolicy,
+    /// `GATEWAY_RATE_LIMIT_PER_SECOND` (500; 0 turns the limit off),
+    /// `GATEWAY_RATE_LIMIT_BURST` (1000), `GATEWAY_BODY_TIMEOUT_MS` (5000):
+    /// see [`crate::protect`].
+    pub protection: crate::protect::Protection,
 }
 
 impl Config {
@@ -37,6 +41,13 @@ impl Config {
                     .filter(|key| !key.is_empty())
                     .collect(),
                 max_bytes: env_or("GATEWAY_BAGGAGE_MAX_BYTES", 1024)?,
+            },
+            protection: crate::protect::Protection {
+                quota: crate::protect::Protection::quota(
+                    env_or("GATEWAY_RATE_LIMIT_PER_SECOND", 500)?,
+                    env_or("GATEWAY_RATE_LIMIT_BURST", 1000)?,
+                ),
+                body_timeout: env_millis("GATEWAY_BODY_TIMEOUT_MS", Duration::from_secs(5))?,
             },
         })
     }

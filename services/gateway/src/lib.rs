@@ -17,12 +17,14 @@
 //!
 //! Modules: [`config`], [`api`] (JSON shapes and their parsing), [`error`]
 //! (one HTTP status per error kind), [`http_trace`] (the HTTP server span),
-//! [`routes`] (the handlers).
+//! [`routes`] (the handlers), [`protect`] (rate limit per client, body
+//! deadline, security headers, around it all).
 
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod http_trace;
+pub mod protect;
 pub mod routes;
 
 pub use config::Config;
@@ -87,8 +89,10 @@ pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
         read_timeout: config.read_timeout,
         baggage: config.baggage.clone(),
     };
-    // With the peer's address, for `client.address` on the HTTP span.
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+    let app = protect::protect(app(state), &config.protection);
+    // The peer's address keys the rate limit and is `client.address` on the
+    // HTTP span.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(runtime.shutdown.cancelled_owned())
         .await
         .context("the HTTP server failed")

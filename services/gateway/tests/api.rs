@@ -2,8 +2,10 @@
 //! `oneshot` (no socket) against a real `nats-server` per test.
 //!
 //! Every test but the ones that need a service to answer also watches
-//! `svc.>` (which holds `svc.order.place`) from a second connection, so that a
-//! request the gateway turns down is proven never to reach a service.
+//! order's subjects (as order's own NATS user; the gateway's permissions
+//! allow it nothing but order's and analytics' reads) from a second
+//! connection, so that a request the gateway turns down is proven never to
+//! reach a service.
 //! Telemetry is installed once per test binary: without it there is no trace
 //! id to check.
 //!
@@ -14,6 +16,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
@@ -23,8 +26,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracehop_gateway::{AppState, MAX_BODY_BYTES, app};
-use tracehop_messaging::Responder;
 use tracehop_messaging::w3c::BaggagePolicy;
+use tracehop_messaging::{Responder, Service};
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{
     Error as WireError, ErrorCode, Order, OrderStatus, PlaceOrderReply, PlaceOrderRequest, PricedItem,
@@ -62,9 +65,9 @@ fn install_telemetry() {
 /// The gateway on its own `nats-server`.
 struct Gateway {
     app: Router,
-    /// Every message sent on `svc.>`; `None` when the test needs NATS to say
+    /// Every message sent to order; `None` when the test needs NATS to say
     /// that nobody answers, which any subscriber would prevent.
-    watch: Option<async_nats::Subscriber>,
+    watch: Option<futures::stream::SelectAll<async_nats::Subscriber>>,
     /// The connection `watch` lives on, kept open for the test's length.
     _watcher: Option<async_nats::Client>,
     /// The gateway's own connection, for starting fake services on.
@@ -88,21 +91,26 @@ impl Gateway {
     async fn build(watched: bool, order_timeout: Duration) -> Self {
         install_telemetry();
         let server = NatsServer::start().await.expect("failed to start nats-server");
-        let nats = async_nats::connect(server.url()).await.expect("failed to connect the gateway to NATS");
+        let nats = server.connect_service(Service::Gateway).await.expect("failed to connect the gateway to NATS");
         let (watch, watcher) = if watched {
-            let watcher = async_nats::connect(server.url()).await.expect("failed to connect the watcher");
-            let mut watch = watcher.subscribe("svc.>").await.expect("failed to subscribe to svc.>");
-            // `flush` only empties the socket buffer. A message of our own,
-            // sent after the SUB on the same connection, comes back only once
-            // the server holds the subscription; from then on it sees the
-            // gateway's requests too.
-            watcher.publish("svc.watch.ready", "".into()).await.expect("failed to publish the marker");
-            let marker = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            // Order's own user watches what reaches order; the gateway may
+            // send nothing else (the server's permissions say so).
+            let watcher = server.connect_service(Service::Order).await.expect("failed to connect the watcher");
+            let place = watcher.subscribe(subjects::ORDER_PLACE).await.expect("failed to subscribe");
+            let mut get = watcher.subscribe(subjects::ORDER_GET).await.expect("failed to subscribe");
+            // `flush` only empties the socket buffer. The server handles a
+            // connection's commands in order, so an answer to a request sent
+            // after the SUBs means it holds them (a JetStream API request is
+            // one order may make); then a marker from the gateway comes
+            // through, and from then on so does every request it sends.
+            let _ = jetstream::new(watcher.clone()).get_stream("SPANS").await;
+            nats.publish(subjects::ORDER_GET, "marker".into()).await.expect("failed to publish the marker");
+            let marker = tokio::time::timeout(Duration::from_secs(5), get.next())
                 .await
                 .expect("the watch did not start within 5 s")
                 .expect("the watch subscription ended");
-            assert_eq!(marker.subject.as_str(), "svc.watch.ready");
-            (Some(watch), Some(watcher))
+            assert_eq!(marker.payload.as_ref(), b"marker");
+            (Some(futures::stream::select_all([place, get])), Some(watcher))
         } else {
             (None, None)
         };
@@ -151,7 +159,8 @@ impl Gateway {
     ) -> (CancellationToken, mpsc::UnboundedReceiver<(PlaceOrderRequest, String)>) {
         let shutdown = CancellationToken::new();
         let (seen, requests) = mpsc::unbounded_channel();
-        let responder = Responder::new(self.nats.clone(), "order", shutdown.clone());
+        let order = self.server.connect_service(Service::Order).await.expect("failed to connect as order");
+        let responder = Responder::new(order, "order", shutdown.clone());
         tokio::spawn(async move {
             responder
                 .serve(subjects::ORDER_PLACE, (reply, seen), |(reply, seen), request: PlaceOrderRequest| async move {

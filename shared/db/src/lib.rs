@@ -7,7 +7,8 @@
 //! only because of concurrent work (a deadlock or a serialization failure).
 //!
 //! Each service owns one schema (`inventory`, `ordering`, `payment`,
-//! `loyalty`, `notification`, `analytics`) and reads no other.
+//! `loyalty`, `notification`, `analytics`) and reads no other: [`roles`]
+//! gives each a login role that PostgreSQL confines to its schema.
 
 use std::future::Future;
 use std::str::FromStr as _;
@@ -18,6 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgPool};
 use tracehop_telemetry::record_failure;
 use tracing::Instrument as _;
+
+pub mod roles;
 
 pub use sqlx;
 

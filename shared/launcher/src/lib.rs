@@ -11,7 +11,10 @@
 //!   its migrations, the streams and durable consumers, the scenario and
 //!   span-pipeline buckets).
 //! - [`readiness`]: probes that tell when every service answers.
+//! - [`nats_server`]: the system's own `nats-server`: keys, configuration
+//!   (users and permissions from the catalog), process.
 
+pub mod nats_server;
 pub mod readiness;
 
 pub use readiness::{probe, wait_ready};
@@ -62,11 +65,41 @@ pub struct Launcher {
     pub run_dir: PathBuf,
     /// Environment variables set for every service, on top of the caller's.
     pub env: Vec<(String, String)>,
+    /// Environment variables of one service: (service, name, value), set
+    /// after [`Launcher::env`] (its own `DATABASE_URL`, say).
+    pub service_env: Vec<(String, String, String)>,
 }
 
 impl Launcher {
     pub fn new(bin_dir: PathBuf, run_dir: PathBuf) -> Self {
-        Self { bin_dir, run_dir, env: Vec::new() }
+        Self { bin_dir, run_dir, env: Vec::new(), service_env: Vec::new() }
+    }
+
+    /// Adds an environment variable for `service` only.
+    pub fn with_service_env(
+        mut self,
+        service: impl Into<String>,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.service_env.push((service.into(), name.into(), value.into()));
+        self
+    }
+
+    /// Gives each service with a schema a `DATABASE_URL` of its own role on
+    /// `owner_url`'s database ([`service_database_url`]), and the others
+    /// none; `password` gives a role's password, when there is one.
+    pub fn with_database_roles(
+        mut self,
+        owner_url: &str,
+        password: impl Fn(Service) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        for service in Service::ALL {
+            if let Some(url) = service_database_url(owner_url, service, password(service).as_deref())? {
+                self = self.with_service_env(service.name(), "DATABASE_URL", url);
+            }
+        }
+        Ok(self)
     }
 
     /// Adds an environment variable for every service.
@@ -116,7 +149,17 @@ impl Launcher {
             .with_context(|| format!("failed to open the log of {service}"))?;
         let binary = self.bin_dir.join(binary_name(service));
         let child = Command::new(&binary)
+            // A seed in the caller's environment is the caller's own: each
+            // service reads its key from TRACEHOP_NATS_KEYS.
+            .env_remove("NATS_NKEY")
+            .env_remove("DATABASE_URL")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.service_env
+                    .iter()
+                    .filter(|(owner, _, _)| owner == service)
+                    .map(|(_, k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -181,6 +224,12 @@ impl Launcher {
 
 /// True when `pid` is alive (not a zombie) and runs `tracehop-<service>`.
 pub fn is_service_process(pid: u32, service: &str) -> bool {
+    runs_program(pid, &binary_name(service))
+}
+
+/// True when `pid` is alive (not a zombie) and runs the executable named
+/// `program`.
+pub fn runs_program(pid: u32, program: &str) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else { return false };
     // The state follows the parenthesized command name: Z is a zombie.
@@ -189,24 +238,99 @@ pub fn is_service_process(pid: u32, service: &str) -> bool {
         return false;
     }
     let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else { return false };
-    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    Path::new(std::str::from_utf8(program).unwrap_or_default())
+    let running = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    Path::new(std::str::from_utf8(running).unwrap_or_default())
         .file_name()
-        .is_some_and(|name| name.to_string_lossy() == binary_name(service))
+        .is_some_and(|name| name.to_string_lossy() == program)
 }
 
-/// Creates the database and applies migrations, then creates the span feed,
-/// the ORDERS stream and every expected durable consumer, so that events
-/// wait for a consumer that has not started yet, and the key-value buckets
-/// of the scenarios and of the span pipelines' reports.
+/// The passwords of the services' database roles, one file each
+/// (`<service>.password`, 0600) in `dir` (0700), made once.
+pub fn ensure_database_passwords(dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("failed to create {}", dir.display()))?;
+    for service in Service::ALL.into_iter().filter(|s| s.schema().is_some()) {
+        let path = dir.join(format!("{service}.password"));
+        if path.exists() {
+            continue;
+        }
+        let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+        writeln!(file, "{password}")?;
+    }
+    Ok(())
+}
+
+/// The password of `service`'s database role from `dir`, if it has one.
+pub fn database_password(dir: &Path, service: Service) -> Option<String> {
+    fs::read_to_string(dir.join(format!("{service}.password"))).ok().map(|p| p.trim().to_string())
+}
+
+/// The database role of every service with a schema, from the catalog.
+pub fn database_roles() -> Vec<tracehop_db::roles::SchemaRole> {
+    Service::ALL
+        .into_iter()
+        .filter_map(|service| {
+            Some(tracehop_db::roles::SchemaRole {
+                role: service.database_role()?,
+                schema: service.schema()?,
+                reads_lock_waits: service == Service::Inventory,
+            })
+        })
+        .collect()
+}
+
+/// The `DATABASE_URL` of `service`'s own role on `owner_url`'s database;
+/// none for a service without a schema.
+pub fn service_database_url(
+    owner_url: &str,
+    service: Service,
+    password: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let Some(role) = service.database_role() else { return Ok(None) };
+    Ok(Some(tracehop_db::roles::service_url(owner_url, &role, password).context("DATABASE_URL is not a URL")?))
+}
+
+/// Creates each service's database role if missing and grants it its
+/// schema in `database_url`'s (migrated) database; `password` gives a
+/// role's password.
+pub async fn ensure_database_roles(
+    database_url: &str,
+    password: impl Fn(Service) -> Option<String>,
+) -> anyhow::Result<()> {
+    tracehop_db::roles::ensure(database_url, &database_roles(), |role| {
+        Service::ALL.into_iter().find(|s| s.database_role().as_deref() == Some(role.role.as_str())).and_then(&password)
+    })
+    .await
+    .with_context(|| format!("failed to create the services' roles at {}", redact_url(database_url)))
+}
+
+/// Creates the database and applies migrations as its owner, gives each
+/// service its role ([`database_roles`]; `password` gives a role's
+/// password), then creates the span feed, the ORDERS stream and every
+/// expected durable consumer, so that events wait for a consumer that has
+/// not started yet, and the key-value buckets of the scenarios and of the
+/// span pipelines' reports.
 pub async fn prepare(
     nats: &async_nats::Client,
     database_url: &str,
     limits: &tracehop_spanfeed::kept::Limits,
+    password: impl Fn(Service) -> Option<String>,
 ) -> anyhow::Result<()> {
     tracehop_db::migrate(database_url)
         .await
         .with_context(|| format!("failed to migrate the database at {}", redact_url(database_url)))?;
+    ensure_database_roles(database_url, password).await?;
     let js = async_nats::jetstream::new(nats.clone());
     tracehop_spanfeed::ensure_streams(&js, limits)
         .await

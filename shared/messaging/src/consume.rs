@@ -338,17 +338,26 @@ pub(crate) fn consumer_span(
 pub(crate) fn decode_event<E: prost::Message + Name + Default>(
     message: &jetstream::Message,
 ) -> Result<E, ProcessError> {
+    decode_payload(message.headers.as_ref(), &message.payload)
+}
+
+/// Decodes an event from its headers and payload; what cannot be decoded is
+/// rejected (dead-lettered), with a reason that never quotes the payload.
+pub fn decode_payload<E: prost::Message + Name + Default>(
+    message_headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<E, ProcessError> {
     let expected_type = E::full_name();
-    if message.payload.len() > MAX_EVENT_BYTES {
+    if payload.len() > MAX_EVENT_BYTES {
         return Err(ProcessError::Reject(
-            format!("payload of {} bytes is over the limit of {MAX_EVENT_BYTES}", message.payload.len()).into(),
+            format!("payload of {} bytes is over the limit of {MAX_EVENT_BYTES}", payload.len()).into(),
         ));
     }
-    match headers::get(message.headers.as_ref(), PAYLOAD_TYPE) {
+    match headers::get(message_headers, PAYLOAD_TYPE) {
         Some(actual) if actual != expected_type => {
             Err(ProcessError::Reject(format!("payload type {actual} is not {expected_type}").into()))
         }
-        _ => E::decode(message.payload.as_ref())
+        _ => E::decode(payload)
             .map_err(|_| ProcessError::Reject(format!("payload is not a valid {expected_type}").into())),
     }
 }
@@ -427,9 +436,10 @@ pub async fn store_dead_letter(
     let original = headers::extract(letter.headers);
     span.add_link(original.span().span_context().clone());
     let started = std::time::Instant::now();
-    let mut dead = letter.headers.cloned().unwrap_or_default();
+    let mut dead = letter.headers.map(headers::scrubbed).unwrap_or_default();
     let original_id = headers::get(letter.headers, MESSAGE_ID).unwrap_or_default().to_string();
     let header = |value: &str| {
+        let value = tracehop_telemetry::redact::redact(value);
         <async_nats::header::HeaderValue as std::str::FromStr>::from_str(&value.replace(['\r', '\n'], " ")).ok()
     };
     for (name, value) in [
@@ -448,7 +458,12 @@ pub async fn store_dead_letter(
         }
     }
     let result = async {
-        let ack = js.publish_with_headers(subject.clone(), dead, letter.payload.clone()).await.map_err(|source| {
+        // The event stays where it is, under its stream's retention and
+        // permissions; the dead letter points at it (stream, sequence) and
+        // so never holds a customer's e-mail address or any other payload.
+        // Only a message with no stream position keeps its payload here.
+        let payload = if letter.sequence > 0 { bytes::Bytes::new() } else { letter.payload.clone() };
+        let ack = js.publish_with_headers(subject.clone(), dead, payload).await.map_err(|source| {
             crate::PublishError::Send { subject: subject.clone(), event_id: original_id.clone(), source }
         })?;
         ack.await.map_err(|source| crate::PublishError::Ack {

@@ -21,12 +21,15 @@
 //! - [`replay`]: [`replay::serve`], a consumer's service replaying the stream
 //!   (or redriving its dead letters) through its own handler, in CONSUMER
 //!   spans marked as replays; [`replay::call`] asks for one.
+//! - [`access`]: who may do what on NATS: a user per service and the
+//!   command, their permissions derived from the catalog, their credentials.
 //! - [`spans`]: the attribute names used on messaging spans, and the
 //!   [`spans::Endpoint`] (`server.address`, `server.port`,
 //!   `messaging.client.id`) they all carry.
 //! - [`w3c`]: W3C Trace Context and Baggage from outside, parsed to the
 //!   letter of the specifications.
 
+pub mod access;
 pub mod consume;
 pub mod dead_letters;
 pub mod headers;
@@ -52,14 +55,17 @@ pub use async_nats;
 
 use std::time::Duration;
 
-/// Connects to NATS with settings every service shares: a name that shows in
-/// the server's connection list, and endless reconnects (a NATS restart must
-/// not kill a service). The first connection of a process is the
-/// [`spans::Endpoint`] its spans name.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    spans::set_endpoint(spans::Endpoint::of(url, name));
-    async_nats::ConnectOptions::new()
-        .name(name)
+/// Connects to NATS as `user` with settings every service shares: a name
+/// that shows in the server's connection list, the user's own reply inbox,
+/// and endless reconnects (a NATS restart must not kill a service). The
+/// first connection of a process is the [`spans::Endpoint`] its spans name.
+pub async fn connect(
+    url: &str,
+    user: access::NatsUser,
+    credentials: &access::NatsCredentials,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    spans::set_endpoint(spans::Endpoint::of(url, &format!("tracehop-{user}")));
+    access::connect_options(user, credentials)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(10)))

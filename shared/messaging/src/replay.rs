@@ -706,6 +706,18 @@ impl<P: Projection> Replayer<P> {
     /// event's original trace (parented by, and linked to, the original
     /// producer; also linked to the redrive's root), then deletes the dead
     /// letter if the handler succeeded.
+    /// The event a dead letter points at, from the consumer's own stream.
+    async fn original_event(&self, sequence: u64) -> Result<jetstream::message::StreamMessage, String> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.spec.stream)
+            .await
+            .map_err(|error| format!("stream {} is not available: {error}", self.spec.stream))?;
+        stream.get_raw_message(sequence).await.map_err(|error| {
+            format!("event {sequence} is no longer in stream {} ({error}); it cannot be redriven", self.spec.stream)
+        })
+    }
+
     async fn redrive_one(
         &self,
         root: &tracing::Span,
@@ -717,6 +729,20 @@ impl<P: Projection> Replayer<P> {
         let subject = original(headers::ORIGINAL_SUBJECT).unwrap_or(message.subject.as_str()).to_string();
         let message_id = original(headers::ORIGINAL_MESSAGE_ID).map(str::to_string);
         let original_sequence: u64 = original(headers::ORIGINAL_SEQUENCE).and_then(|s| s.parse().ok()).unwrap_or(0);
+        // A dead letter points at its event in the consumer's stream (older
+        // ones carry the payload themselves).
+        let event = if message.payload.is_empty() && original_sequence > 0 {
+            match self.original_event(original_sequence).await {
+                Ok(event) => Some(event),
+                Err(reason) => return Err(ProcessError::Reject(reason.into())),
+            }
+        } else {
+            None
+        };
+        let (event_headers, payload) = match &event {
+            Some(event) => (Some(&event.headers), event.payload.clone()),
+            None => (message.headers.as_ref(), message.payload.clone()),
+        };
         // This is one more delivery of the event.
         let delivery_count: i64 = original(headers::DELIVERY_COUNT).and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
         let span = consumer_span(
@@ -724,7 +750,7 @@ impl<P: Projection> Replayer<P> {
             &subject,
             self.spec.durable,
             message_id.as_deref(),
-            message.payload.len(),
+            payload.len(),
             delivery_count,
             original_sequence,
         );
@@ -735,7 +761,7 @@ impl<P: Projection> Replayer<P> {
         let _ = span.set_parent(producer);
         span.add_link(producer_span);
         span.add_link(root.context().span().span_context().clone());
-        let result = match decode_event::<P::Event>(message) {
+        let result = match crate::consume::decode_payload::<P::Event>(event_headers, &payload) {
             Ok(event) => {
                 let delivery =
                     Delivery { event, subject, message_id, delivery_count, stream_sequence: original_sequence };

@@ -1,5 +1,6 @@
 //! The one catalog of the system: every service, the executable it runs
-//! as, the request/reply subjects it serves, the durable consumers it owns,
+//! as, the request/reply subjects it serves and calls, the events it
+//! publishes, its database schema, the durable consumers it owns,
 //! whether its consumer can be replayed and whether it must run once; plus
 //! the streams those consumers read. `tracehop up` and the tests create the
 //! streams and every durable before any service starts, so that events wait
@@ -7,8 +8,9 @@
 //!
 //! Everything else derives from here: the launcher's start order and
 //! readiness probes, `tracehop status`, replay's list of replayable
-//! consumers, the sentinel's expected consumers and each crate's `SERVICE`
-//! name. A new service is a new [`Service`] variant; every `match` on it
+//! consumers, the sentinel's expected consumers, each crate's `SERVICE`
+//! name, each service's NATS permissions ([`crate::access`]) and its
+//! database role. A new service is a new [`Service`] variant; every `match` on it
 //! then fails to compile until the service is described, and the tests
 //! below fail when it is missing from [`Service::ALL`].
 
@@ -116,6 +118,56 @@ impl Service {
             Service::Sentinel => &[subjects::SENTINEL_STATUS],
             Service::Keeper => &[subjects::KEEPER_STATS],
             Service::Loyalty | Service::Notification | Service::Gateway => &[],
+        }
+    }
+
+    /// The PostgreSQL schema it owns, the only one its database role may
+    /// use; none for a service without a database.
+    pub const fn schema(self) -> Option<&'static str> {
+        match self {
+            Service::Inventory => Some("inventory"),
+            Service::Order => Some("ordering"),
+            Service::Payment => Some("payment"),
+            Service::Loyalty => Some("loyalty"),
+            Service::Notification => Some("notification"),
+            Service::Analytics => Some("analytics"),
+            Service::Sentinel | Service::Keeper | Service::Gateway => None,
+        }
+    }
+
+    /// Its PostgreSQL login role, `tracehop_<name>`, for a service with a
+    /// schema.
+    pub fn database_role(self) -> Option<String> {
+        self.schema().map(|_| format!("tracehop_{}", self.name()))
+    }
+
+    /// The request/reply subjects it calls (what it may send requests to;
+    /// the command's probes and operations aside).
+    pub const fn calls(self) -> &'static [&'static str] {
+        match self {
+            Service::Gateway => &[subjects::ORDER_PLACE, subjects::ORDER_GET, subjects::ANALYTICS_SUMMARY],
+            Service::Order => &[
+                subjects::INVENTORY_RESERVE,
+                subjects::INVENTORY_COMMIT,
+                subjects::INVENTORY_RELEASE,
+                subjects::PAYMENT_CHARGE,
+            ],
+            // Premium orders price every item.
+            Service::Loyalty => &[subjects::INVENTORY_PRICES],
+            Service::Inventory
+            | Service::Payment
+            | Service::Notification
+            | Service::Analytics
+            | Service::Sentinel
+            | Service::Keeper => &[],
+        }
+    }
+
+    /// The event subjects it publishes to the streams (through its outbox).
+    pub const fn publishes(self) -> &'static [&'static str] {
+        match self {
+            Service::Order => &[subjects::ORDER_CONFIRMED, subjects::ORDER_FAILED],
+            _ => &[],
         }
     }
 

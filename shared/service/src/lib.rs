@@ -25,6 +25,12 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/trace
 pub struct BaseConfig {
     /// `NATS_URL`.
     pub nats_url: String,
+    /// `TRACEHOP_NATS_KEYS`: the folder of NATS keys, in which this service
+    /// reads `<service>.nk`; unset: `NATS_NKEY`, or no credentials.
+    pub nats_keys: Option<std::path::PathBuf>,
+    /// `NATS_NKEY`: this service's nkey seed, for deployments that keep
+    /// secrets in the environment. Never printed.
+    pub nats_nkey: Option<tracehop_messaging::access::Seed>,
     /// `DATABASE_URL`.
     pub database_url: String,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: metrics and logs go there when set,
@@ -49,6 +55,11 @@ impl BaseConfig {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             nats_url: env_or("NATS_URL", DEFAULT_NATS_URL.to_string())?,
+            nats_keys: std::env::var_os("TRACEHOP_NATS_KEYS").filter(|v| !v.is_empty()).map(Into::into),
+            nats_nkey: std::env::var("NATS_NKEY")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(tracehop_messaging::access::Seed),
             database_url: env_or("DATABASE_URL", DEFAULT_DATABASE_URL.to_string())?,
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.trim().is_empty()),
             environment: env_or("TRACEHOP_ENVIRONMENT", "development".to_string())?,
@@ -97,7 +108,12 @@ where
     F: FnOnce(Runtime) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let nats = tracehop_messaging::connect(&base.nats_url, &format!("tracehop-{name}"))
+    let catalog_entry = tracehop_messaging::Service::from_name(name)
+        .with_context(|| format!("{name} is not a service of the catalog"))?;
+    let user = tracehop_messaging::access::NatsUser::Service(catalog_entry);
+    let credentials =
+        tracehop_messaging::access::NatsCredentials::load(user, base.nats_keys.as_deref(), base.nats_nkey.as_ref())?;
+    let nats = tracehop_messaging::connect(&base.nats_url, user, &credentials)
         .await
         .with_context(|| format!("failed to connect to NATS at {}", base.nats_url))?;
     let js = async_nats::jetstream::new(nats.clone());

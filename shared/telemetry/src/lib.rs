@@ -18,6 +18,8 @@
 //! - [`logs`]: log records over OTLP, each with the ids of the span it
 //!   belongs to (an explicit `parent:` included); [`logfmt`]: the log file's
 //!   line format, by the same rule.
+//! - [`redact`]: the one scrubber of card numbers, CVVs and e-mail
+//!   addresses; every exported span and every log line passes through it.
 //!
 //! The sampler comes from the standard `OTEL_TRACES_SAMPLER` and
 //! `OTEL_TRACES_SAMPLER_ARG` (read by the SDK); the default is parent-based
@@ -31,6 +33,7 @@ pub mod logfmt;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline;
+pub mod redact;
 
 pub use failure::{
     ERROR_CODE, OUTCOME, Outcome, current_trace_id, error_chain, mark_failed, now_unix_ms, record_failure,
@@ -156,6 +159,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
     if let Some(js) = span_feed.clone() {
         let exporter = SpanFeedExporter::new(js, config.service_name);
         let pipeline = SpanPipeline::new("span_feed", config.span_queue_size, exporter.stats());
+        let exporter = redact::RedactingExporter::new(exporter);
         let batch = BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build();
         builder = builder.with_span_processor(CountingProcessor::new(batch, pipeline.clone()));
         pipelines.push(pipeline);
@@ -168,9 +172,10 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
             .context("failed to build the OTLP span exporter")?;
         let exports = Arc::new(FeedStats::default());
         let pipeline = SpanPipeline::new("otlp", config.span_queue_size, exports.clone());
-        let batch = BatchSpanProcessor::builder(CountingExporter::new(exporter, exports))
-            .with_batch_config(batch_config())
-            .build();
+        let batch =
+            BatchSpanProcessor::builder(redact::RedactingExporter::new(CountingExporter::new(exporter, exports)))
+                .with_batch_config(batch_config())
+                .build();
         builder = builder.with_span_processor(CountingProcessor::new(batch, pipeline.clone()));
         pipelines.push(pipeline);
     }
@@ -229,6 +234,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
         .with_filter(internals());
     // Colors only for a person at a terminal, not in log files.
     let log_layer = fmt::layer()
+        .with_writer(redact::RedactingStdout)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .event_format(logfmt::TraceIdsFormat::new(config.service_name))
         .with_filter(log_filter());

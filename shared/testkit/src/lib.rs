@@ -2,10 +2,15 @@
 //!
 //! - [`NatsServer`]: a `nats-server` with JetStream on a free port and a
 //!   temporary store, killed on drop; it can be restarted on the same port.
+//!   It runs the system's own configuration (a user per service and the
+//!   command, permissions from the catalog, nobody anonymous), and
+//!   [`NatsServer::connect_as`] plays any user.
 //! - [`TestDatabase`]: a fresh PostgreSQL database named by a UUID,
 //!   migrated, dropped on drop.
 //! - [`TestSystem`]: both of the above plus every service started as its own
-//!   process from the workspace's executables, ready when it returns.
+//!   process from the workspace's executables (each with its own NATS key
+//!   and database role), ready when it returns; dropping it fails the test
+//!   when the NATS server refused anything a service or the command did.
 //! - [`PostgresCluster`]: a PostgreSQL server of its own (`initdb` in a
 //!   temporary folder, a free port), for tests that restart or kill it;
 //!   stopped and removed on drop.

@@ -16,9 +16,13 @@ use crate::{NatsServer, TestDatabase};
 pub struct TestSystem {
     pub nats_server: NatsServer,
     pub db: TestDatabase,
-    /// A client of the test's NATS server.
+    /// A client of the test's NATS server, connected as the command (the
+    /// operator's tool); [`NatsServer::connect_as`] plays another user.
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
+    /// JetStream as the order service (its own key), for tests that forge
+    /// or replay order events: nobody else may publish them.
+    pub order_js: jetstream::Context,
     /// `http://127.0.0.1:<port>` of the gateway.
     pub gateway_url: String,
     /// Where notification writes its `.eml` files.
@@ -45,18 +49,21 @@ impl TestSystem {
     /// private PostgreSQL server that the test restarts, say).
     pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let nats_server = NatsServer::start().await?;
-        let nats = tracehop_messaging::connect(&nats_server.url(), "tracehop-test").await?;
-        tracehop_launcher::prepare(&nats, &db.url(), &tracehop_spanfeed::kept::Limits::default()).await?;
+        let nats = nats_server.connect_command().await?;
+        let order_js = jetstream::new(nats_server.connect_service(tracehop_messaging::Service::Order).await?);
+        tracehop_launcher::prepare(&nats, &db.url(), &tracehop_spanfeed::kept::Limits::default(), |_| None).await?;
         let run_dir = tempfile::Builder::new().prefix("tracehop-run-").tempdir()?;
         let mail_dir = run_dir.path().join("mail");
         let gateway_addr = format!("127.0.0.1:{}", crate::free_port());
         let mut launcher = Launcher::new(tracehop_launcher::default_bin_dir()?, run_dir.path().to_path_buf())
             .with_env("NATS_URL", nats_server.url())
-            .with_env("DATABASE_URL", db.url())
+            .with_env("TRACEHOP_NATS_KEYS", nats_server.keys_dir().to_string_lossy())
             .with_env("GATEWAY_ADDR", &gateway_addr)
             .with_env("NOTIFICATION_MAIL_DIR", mail_dir.to_string_lossy())
             .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             .with_env("RUST_LOG", "info");
+        // Each service connects as its own database role.
+        launcher = launcher.with_database_roles(&db.url(), |_| None)?;
         for (name, value) in env {
             launcher = launcher.with_env(*name, *value);
         }
@@ -65,6 +72,7 @@ impl TestSystem {
             nats_server,
             db,
             js: jetstream::new(nats.clone()),
+            order_js,
             nats,
             gateway_url: format!("http://{gateway_addr}"),
             mail_dir,
@@ -114,6 +122,8 @@ impl TestSystem {
 
     /// Every service's log, for a failing test's message.
     pub fn logs(&self) -> String {
+        let violations = self.nats_server.violations();
+        let nats = format!("\n--- nats-server: permission violations ---\n{}", violations.join("\n"));
         SERVICES
             .iter()
             .map(|service| {
@@ -124,6 +134,16 @@ impl TestSystem {
             })
             .collect::<Vec<_>>()
             .join("\n")
+            + &nats
+    }
+
+    /// The environment a `tracehop` command needs to reach this system as
+    /// the operator: its NATS server and the command's key.
+    pub fn command_env(&self) -> [(&'static str, String); 2] {
+        [
+            ("NATS_URL", self.nats_server.url()),
+            ("TRACEHOP_NATS_KEYS", self.nats_server.keys_dir().to_string_lossy().into_owned()),
+        ]
     }
 
     /// The folder with pid files and logs.
@@ -138,6 +158,16 @@ impl TestSystem {
 
 impl Drop for TestSystem {
     fn drop(&mut self) {
+        // Every test of the whole system runs under the shipped permissions:
+        // anything they refused is a defect, even when the test passed.
+        let violations = self.nats_server.violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            for (_, child) in &mut self.children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            panic!("nats-server refused what a service or the command did:\n{}", violations.join("\n"));
+        }
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
