@@ -13,6 +13,7 @@ use serde_json::json;
 use tracehop_launcher::SERVICES;
 use tracehop_proto::v1::{OrderEvent, OrderStatus, PricedItem};
 use tracehop_testkit::TestSystem;
+use tracehop_testkit::otlp::OtlpReceiver;
 
 const EMAILS: [&str; 2] = ["carol.customer@example.com", "dave+shop@example.org"];
 const CVV: &str = "731";
@@ -52,7 +53,16 @@ fn headers_text(headers: &async_nats::HeaderMap) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_card_number_cvv_or_email_reaches_spans_logs_headers_or_dead_letters() {
-    let system = TestSystem::start_with(&[("GATEWAY_BAGGAGE_ALLOW", "customer")]).await.expect("system start");
+    // Logs, metrics and kept traces go over OTLP too, to a real receiver.
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let endpoint = receiver.endpoint();
+    let system = TestSystem::start_with(&[
+        ("GATEWAY_BAGGAGE_ALLOW", "customer"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+    ])
+    .await
+    .expect("system start");
     let client = reqwest::Client::new();
     let mut traces = Vec::new();
     for (index, (email, card)) in
@@ -139,6 +149,30 @@ async fn no_card_number_cvv_or_email_reaches_spans_logs_headers_or_dead_letters(
         let log = std::fs::read(system.launcher.log_path(service)).unwrap_or_default();
         assert!(!log.is_empty(), "{service} wrote no log");
         find_in(&format!("the log of {service}"), &log, &mut found);
+    }
+    // Every log record, metric and kept trace the services sent over OTLP.
+    // Log records are sent in batches every second: wait until they stop
+    // coming.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let now = receiver.log_requests().len();
+        if (now > 0 && now == seen) || std::time::Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
+    let logs = receiver.log_requests();
+    assert!(!logs.is_empty());
+    for (index, request) in logs.iter().enumerate() {
+        find_in(&format!("OTLP log request {index}"), &request.encode_to_vec(), &mut found);
+    }
+    for (index, request) in receiver.metric_requests().iter().enumerate() {
+        find_in(&format!("OTLP metrics request {index}"), &request.encode_to_vec(), &mut found);
+    }
+    for (index, request) in receiver.requests().iter().enumerate() {
+        find_in(&format!("OTLP trace request {index}"), &request.encode_to_vec(), &mut found);
     }
     // Every dead letter, headers and payload, and every event's headers.
     for (stream_name, with_payload) in [("DEADLETTER", true), ("ORDERS", false)] {

@@ -101,6 +101,13 @@ impl NatsUser {
         }
         // Everyone reads the scenario switches.
         read_scenarios(&mut p);
+        // Everyone puts its span pipelines' report under its own name, and
+        // (re)creates the bucket, a memory stream like the feed.
+        let telemetry = tracehop_telemetry::health::BUCKET;
+        p.publish_allow.push(format!("$KV.{telemetry}.{}.>", service.name()));
+        for action in ["INFO", "CREATE"] {
+            p.publish_allow.push(js_api(&format!("STREAM.{action}.KV_{telemetry}")));
+        }
 
         // A responder hears its subjects and answers into the inboxes of
         // those who may call it: the services whose calls it serves, and
@@ -240,6 +247,7 @@ fn command_permissions(mut p: Permissions) -> Permissions {
     p.publish_allow.extend([
         "$JS.API.>".to_string(),
         format!("$JS.FC.{SCENARIO_STREAM}.>"),
+        format!("$JS.FC.KV_{}.>", tracehop_telemetry::health::BUCKET),
         SCENARIO_SUBJECTS.to_string(),
         "svc.>".to_string(),
     ]);

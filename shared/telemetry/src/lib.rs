@@ -239,7 +239,7 @@ pub fn init(config: &TelemetryConfig, span_feed: Option<async_nats::jetstream::C
         .event_format(logfmt::TraceIdsFormat::new(config.service_name))
         .with_filter(log_filter());
     let otlp_log_layer = logger_provider.as_ref().map(|provider| {
-        logs::ExplicitParent::new(OpenTelemetryTracingBridge::new(provider))
+        logs::ExplicitParent::new(logs::Scrubbed::new(OpenTelemetryTracingBridge::new(provider), provider))
             .with_filter(internals())
             .with_filter(log_filter())
     });
