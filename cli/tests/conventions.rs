@@ -90,6 +90,38 @@ async fn one_checkouts_spans_carry_the_conventions_attributes() {
         assert_eq!(span.attr_str("tracehop.outcome"), Some("ok"), "{}", span.name);
     }
 
+    // SQL: where the database is, and the parameterised statement, never a
+    // value; a transaction's BEGIN and COMMIT are spans of their own.
+    let sql: Vec<&SpanRecord> = spans.iter().filter(|s| s.attr_str("db.system.name") == Some("postgresql")).collect();
+    assert!(sql.len() >= 6, "{}", names(&spans));
+    let database = system.db.url().rsplit('/').next().unwrap().to_string();
+    for span in &sql {
+        assert_eq!(span.kind, SpanKind::Client, "{}", span.name);
+        assert_eq!(span.attr_str("db.namespace"), Some(database.as_str()), "{}", span.name);
+        assert_eq!(span.attr_str("server.address"), Some("127.0.0.1"), "{}", span.name);
+        assert_eq!(int(span, "server.port"), Some(5432), "{}", span.name);
+        let operation = span.attr_str("db.operation.name").unwrap();
+        match span.attr_str("db.collection.name") {
+            Some(table) => {
+                assert_eq!(span.name, format!("{operation} {table}"));
+                let text = span.attr_str("db.query.text").unwrap_or_else(|| panic!("{span:?}"));
+                assert!(text.contains('$') || !text.contains("WHERE"), "values are bound, not in the text: {text}");
+                for value in [trace_id.as_str(), "conventions", "KB-001", "4242"] {
+                    assert!(!text.contains(value), "{text}");
+                }
+            }
+            None => assert!(["BEGIN", "COMMIT"].contains(&operation) && span.name == operation, "{span:?}"),
+        }
+    }
+    let reserve = find(&spans, "inventory", SpanKind::Internal, "reserve stock");
+    for operation in ["BEGIN", "COMMIT"] {
+        assert!(
+            sql.iter().any(|s| s.name == operation && s.parent_span_id.as_deref() == Some(reserve.span_id.as_str())),
+            "reserve stock has no {operation} span:\n{}",
+            names(&spans)
+        );
+    }
+
     let http = find(&spans, "gateway", SpanKind::Server, "POST /v1/orders");
     let gateway_port = i64::from(system.gateway_url.rsplit(':').next().unwrap().parse::<u16>().unwrap());
     assert_eq!(http.attr_str("http.request.method"), Some("POST"));

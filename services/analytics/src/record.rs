@@ -133,8 +133,8 @@ impl Recorder {
             .bind(fact.occurred_at_unix_ms)
             .bind(fact.confirmed)
             .bind(fact.failed)
-            .bind(fact.revenue_cents)
-            .execute(&self.pool),
+            .bind(fact.revenue_cents),
+            |query| query.execute(&self.pool),
         )
         .await?
         .rows_affected()

@@ -41,17 +41,20 @@ impl Projection for Recorder {
             let message = format!("failed to reset analytics ({})", tracehop_db::describe_error(&error));
             ResetError::Failed { message, source: error.into() }
         };
-        let mut tx = self.pool().begin().await.map_err(failed)?;
+        let mut tx = tracehop_db::begin(self.pool()).await.map_err(failed)?;
         traced(
             "LOCK",
             "analytics.order_events",
-            sqlx::query("LOCK TABLE analytics.order_events, analytics.totals IN EXCLUSIVE MODE").execute(&mut *tx),
+            sqlx::query("LOCK TABLE analytics.order_events, analytics.totals IN EXCLUSIVE MODE"),
+            |query| query.execute(&mut *tx),
         )
         .await
         .map_err(failed)?;
-        traced("DELETE", "analytics.order_events", sqlx::query("DELETE FROM analytics.order_events").execute(&mut *tx))
-            .await
-            .map_err(failed)?;
+        traced("DELETE", "analytics.order_events", sqlx::query("DELETE FROM analytics.order_events"), |query| {
+            query.execute(&mut *tx)
+        })
+        .await
+        .map_err(failed)?;
         traced(
             "INSERT",
             "analytics.totals",
@@ -59,11 +62,11 @@ impl Projection for Recorder {
                 "INSERT INTO analytics.totals (id, orders_confirmed, orders_failed, revenue_cents)
                  VALUES (true, 0, 0, 0)
                  ON CONFLICT (id) DO UPDATE SET orders_confirmed = 0, orders_failed = 0, revenue_cents = 0",
-            )
-            .execute(&mut *tx),
+            ),
+            |query| query.execute(&mut *tx),
         )
         .await
         .map_err(failed)?;
-        tx.commit().await.map_err(failed)
+        tracehop_db::commit(tx).await.map_err(failed)
     }
 }

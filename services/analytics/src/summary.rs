@@ -25,8 +25,8 @@ impl Summary {
                 "SELECT t.orders_confirmed, t.orders_failed, t.revenue_cents,
                         (SELECT count(*) FROM analytics.order_events)
                  FROM analytics.totals t WHERE t.id",
-            )
-            .fetch_optional(&self.pool),
+            ),
+            |query| query.fetch_optional(&self.pool),
         )
         .await
         .map_err(|e| wire_error(&e))?;

@@ -143,8 +143,8 @@ pub async fn file_request(
         )
         .bind(items.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.quantity as i32).collect::<Vec<_>>())
-        .bind(order_id)
-        .execute(&mut *tx),
+        .bind(order_id),
+        |query| query.execute(&mut *tx),
     )
     .await?;
     Ok(Filed::Deferred)
@@ -159,8 +159,8 @@ async fn enqueue(tx: &mut PgConnection, item: &LineItem) -> Result<(), sqlx::Err
              WHERE sku = $1",
         )
         .bind(&item.sku)
-        .bind(i64::from(item.quantity))
-        .execute(&mut *tx),
+        .bind(i64::from(item.quantity)),
+        |query| query.execute(&mut *tx),
     )
     .await
     .map(drop)
@@ -230,13 +230,13 @@ pub async fn run_batch_job(pool: PgPool, mut switches: Switches, shutdown: Cance
 /// transaction open for [`BATCH_HOLD`] (or until the scenario goes off),
 /// then mark the requests handled and commit.
 async fn batch_round(pool: &PgPool, switches: &Switches, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = tracehop_db::begin(pool).await?;
     sqlx::query(&format!("SET LOCAL application_name = '{BATCH_APPLICATION_NAME}'")).execute(&mut *tx).await?;
     let queued: Vec<(String, i64)> = traced(
         "SELECT",
         "inventory.restock_requests",
-        sqlx::query_as("SELECT sku, requested_units FROM inventory.restock_requests ORDER BY sku FOR UPDATE")
-            .fetch_all(&mut *tx),
+        sqlx::query_as("SELECT sku, requested_units FROM inventory.restock_requests ORDER BY sku FOR UPDATE"),
+        |query| query.fetch_all(&mut *tx),
     )
     .await?;
     traced(
@@ -246,8 +246,8 @@ async fn batch_round(pool: &PgPool, switches: &Switches, shutdown: &Cancellation
             "WITH folded AS (DELETE FROM inventory.restock_deferred RETURNING sku, units)
              UPDATE inventory.restock_requests r SET requested_units = r.requested_units + f.units
              FROM (SELECT sku, SUM(units) AS units FROM folded GROUP BY sku) f WHERE r.sku = f.sku",
-        )
-        .execute(&mut *tx),
+        ),
+        |query| query.execute(&mut *tx),
     )
     .await?;
     tracing::Span::current().record("inventory.restock.requests", queued.iter().map(|(_, n)| n).sum::<i64>());
@@ -270,10 +270,11 @@ async fn batch_round(pool: &PgPool, switches: &Switches, shutdown: &Cancellation
     traced(
         "UPDATE",
         "inventory.restock_requests",
-        sqlx::query("UPDATE inventory.restock_requests SET requested_units = 0, updated_at = now()").execute(&mut *tx),
+        sqlx::query("UPDATE inventory.restock_requests SET requested_units = 0, updated_at = now()"),
+        |query| query.execute(&mut *tx),
     )
     .await?;
-    tx.commit().await
+    tracehop_db::commit(tx).await
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl Stock {
     /// One attempt at [`Stock::reserve`], in one transaction. The outer
     /// `Result` is the database's; the inner one the business answer.
     async fn try_reserve(&self, order_id: Uuid, items: &[&LineItem]) -> Result<Reply<ReserveStockReply>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = tracehop_db::begin(&self.pool).await?;
         // The order's hold row first: a release of the same order waits for
         // this transaction, and a release that came first is seen.
         // `xmax = 0` tells a row this statement inserted from one it updated:
@@ -104,8 +104,8 @@ impl Stock {
                 "INSERT INTO inventory.order_holds (order_id) VALUES ($1)
                  ON CONFLICT (order_id) DO UPDATE SET updated_at = now() RETURNING released, xmax = 0",
             )
-            .bind(order_id)
-            .fetch_one(&mut *tx),
+            .bind(order_id),
+            |query| query.fetch_one(&mut *tx),
         )
         .await?;
         if released {
@@ -122,8 +122,8 @@ impl Stock {
                     "SELECT sku, quantity, unit_price_cents FROM inventory.reservations
                      WHERE order_id = $1 AND state <> 'released' ORDER BY sku",
                 )
-                .bind(order_id)
-                .fetch_all(&mut *tx),
+                .bind(order_id),
+                |query| query.fetch_all(&mut *tx),
             )
             .await?;
             if !existing.is_empty() {
@@ -157,17 +157,16 @@ impl Stock {
                 )
                 .bind(order_id)
                 .bind(&item.sku)
-                .bind(quantity)
-                .fetch_optional(&mut *tx),
+                .bind(quantity),
+                |query| query.fetch_optional(&mut *tx),
             )
             .await?;
             let Some(price) = price else {
                 let on_hand: Option<i32> = traced(
                     "SELECT",
                     "inventory.products",
-                    sqlx::query_scalar("SELECT on_hand FROM inventory.products WHERE sku = $1")
-                        .bind(&item.sku)
-                        .fetch_optional(&mut *tx),
+                    sqlx::query_scalar("SELECT on_hand FROM inventory.products WHERE sku = $1").bind(&item.sku),
+                    |query| query.fetch_optional(&mut *tx),
                 )
                 .await?;
                 // Dropping the transaction rolls back what was reserved so far.
@@ -181,7 +180,7 @@ impl Stock {
             };
             reserved.push((item.sku.clone(), quantity, price));
         }
-        tx.commit().await?;
+        tracehop_db::commit(tx).await?;
         Ok(Ok(priced_reply(reserved)))
     }
 
@@ -212,7 +211,7 @@ impl Stock {
     /// products by SKU, then its reservations, so that no two of them wait
     /// on each other in a cycle.
     async fn settle(&self, order_id: Uuid, settlement: Settlement) -> Result<u32, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = tracehop_db::begin(&self.pool).await?;
         if settlement == Settlement::Release {
             // Waits for a reserve of this order in flight, and refuses any
             // that comes after.
@@ -223,8 +222,8 @@ impl Stock {
                     "INSERT INTO inventory.order_holds (order_id, released) VALUES ($1, true)
                      ON CONFLICT (order_id) DO UPDATE SET released = true, updated_at = now()",
                 )
-                .bind(order_id)
-                .execute(&mut *tx),
+                .bind(order_id),
+                |query| query.execute(&mut *tx),
             )
             .await?;
         }
@@ -244,8 +243,8 @@ impl Stock {
                     SELECT sku FROM inventory.reservations WHERE order_id = $1 AND state = 'reserved')
                  ORDER BY sku FOR NO KEY UPDATE",
             )
-            .bind(order_id)
-            .execute(&mut *tx),
+            .bind(order_id),
+            |query| query.execute(&mut *tx),
         )
         .await?;
         let statement = match settlement {
@@ -264,13 +263,12 @@ impl Stock {
                  FROM moved m WHERE p.sku = m.sku RETURNING m.quantity"
             }
         };
-        let moved: Vec<i32> = traced(
-            "UPDATE",
-            "inventory.reservations",
-            sqlx::query_scalar(statement).bind(order_id).fetch_all(&mut *tx),
-        )
-        .await?;
-        tx.commit().await?;
+        let moved: Vec<i32> =
+            traced("UPDATE", "inventory.reservations", sqlx::query_scalar(statement).bind(order_id), |query| {
+                query.fetch_all(&mut *tx)
+            })
+            .await?;
+        tracehop_db::commit(tx).await?;
         Ok(moved.iter().map(|q| *q as u32).sum())
     }
 
@@ -283,9 +281,8 @@ impl Stock {
         let rows: Vec<(String, i64)> = traced(
             "SELECT",
             "inventory.products",
-            sqlx::query_as("SELECT sku, price_cents FROM inventory.products WHERE sku = ANY($1)")
-                .bind(&request.skus)
-                .fetch_all(&self.pool),
+            sqlx::query_as("SELECT sku, price_cents FROM inventory.products WHERE sku = ANY($1)").bind(&request.skus),
+            |query| query.fetch_all(&self.pool),
         )
         .await
         .map_err(|e| wire_error(&e))?;

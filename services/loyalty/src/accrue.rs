@@ -185,8 +185,8 @@ impl Accrual {
                         (SELECT tier FROM loyalty.accounts WHERE customer_id = $2)",
             )
             .bind(event_id)
-            .bind(customer_id)
-            .fetch_one(&self.pool),
+            .bind(customer_id),
+            |query| query.fetch_one(&self.pool),
         )
         .await?;
         Ok((accrued, tier.as_deref().map(Tier::from_db).unwrap_or_default()))
@@ -218,8 +218,8 @@ impl Accrual {
             .bind(event_id)
             .bind(order_id)
             .bind(customer_id)
-            .bind(points)
-            .execute(&self.pool),
+            .bind(points),
+            |query| query.execute(&self.pool),
         )
         .await?
         .rows_affected();

@@ -44,25 +44,28 @@ impl Projection for Accrual {
             let message = format!("failed to reset loyalty ({})", tracehop_db::describe_error(&error));
             ResetError::Failed { message, source: error.into() }
         };
-        let mut tx = self.pool().begin().await.map_err(failed)?;
+        let mut tx = tracehop_db::begin(self.pool()).await.map_err(failed)?;
         traced(
             "LOCK",
             "loyalty.accruals",
-            sqlx::query("LOCK TABLE loyalty.accruals, loyalty.accounts IN EXCLUSIVE MODE").execute(&mut *tx),
+            sqlx::query("LOCK TABLE loyalty.accruals, loyalty.accounts IN EXCLUSIVE MODE"),
+            |query| query.execute(&mut *tx),
         )
         .await
         .map_err(failed)?;
-        traced("DELETE", "loyalty.accruals", sqlx::query("DELETE FROM loyalty.accruals").execute(&mut *tx))
-            .await
-            .map_err(failed)?;
+        traced("DELETE", "loyalty.accruals", sqlx::query("DELETE FROM loyalty.accruals"), |query| {
+            query.execute(&mut *tx)
+        })
+        .await
+        .map_err(failed)?;
         traced(
             "UPDATE",
             "loyalty.accounts",
-            sqlx::query("UPDATE loyalty.accounts SET points = 0, updated_at = now() WHERE points <> 0")
-                .execute(&mut *tx),
+            sqlx::query("UPDATE loyalty.accounts SET points = 0, updated_at = now() WHERE points <> 0"),
+            |query| query.execute(&mut *tx),
         )
         .await
         .map_err(failed)?;
-        tx.commit().await.map_err(failed)
+        tracehop_db::commit(tx).await.map_err(failed)
     }
 }

@@ -117,7 +117,7 @@ impl Notifier {
         };
         let outcome = if message.is_some() { Outcome::Sent } else { Outcome::Skipped };
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = tracehop_db::begin(&self.pool).await?;
         let inserted = traced(
             "INSERT",
             "notification.emails",
@@ -128,8 +128,8 @@ impl Notifier {
             .bind(event_id)
             .bind(order_id)
             .bind(kind.as_str())
-            .bind(outcome.as_str())
-            .execute(&mut *tx),
+            .bind(outcome.as_str()),
+            |query| query.execute(&mut *tx),
         )
         .await?
         .rows_affected()
@@ -151,7 +151,7 @@ impl Notifier {
         }
         // A crash or a failed commit from here on resends once: see the
         // module's documentation.
-        tx.commit().await?;
+        tracehop_db::commit(tx).await?;
         span.record("notification.status", outcome.as_str());
         Ok(true)
     }

@@ -94,8 +94,8 @@ impl Store {
             .bind(&order.trace_id)
             .bind(&order.traceparent)
             .bind(order.items.iter().map(|i| i.sku.clone()).collect::<Vec<_>>())
-            .bind(order.items.iter().map(|i| i.quantity as i32).collect::<Vec<_>>())
-            .execute(&self.pool),
+            .bind(order.items.iter().map(|i| i.quantity as i32).collect::<Vec<_>>()),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -113,8 +113,8 @@ impl Store {
                 "WITH o AS (DELETE FROM ordering.orders WHERE order_id = $1 AND status = 'pending' RETURNING order_id)
                  DELETE FROM ordering.order_items WHERE order_id IN (SELECT order_id FROM o)",
             )
-            .bind(order_id)
-            .execute(&self.pool),
+            .bind(order_id),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -194,7 +194,7 @@ impl Store {
             .bind(&context.traceparent)
             .bind(&context.tracestate)
             .bind(&context.baggage)
-            .fetch_optional(&self.pool),
+            , |query| query.fetch_optional(&self.pool),
         )
         .await
     }
@@ -204,9 +204,8 @@ impl Store {
         let row: Option<OrderRow> = traced(
             "SELECT",
             "ordering.orders",
-            sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM ordering.orders WHERE order_id = $1"))
-                .bind(order_id)
-                .fetch_optional(&self.pool),
+            sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM ordering.orders WHERE order_id = $1")).bind(order_id),
+            |query| query.fetch_optional(&self.pool),
         )
         .await?;
         let Some((order_id, customer_id, status, total_cents, failure_code, failure_reason, created_at)) = row else {
@@ -218,8 +217,8 @@ impl Store {
             sqlx::query_as(
                 "SELECT sku, quantity, unit_price_cents FROM ordering.order_items WHERE order_id = $1 ORDER BY sku",
             )
-            .bind(order_id)
-            .fetch_all(&self.pool),
+            .bind(order_id),
+            |query| query.fetch_all(&self.pool),
         )
         .await?;
         Ok(Some(Order {
@@ -274,8 +273,8 @@ impl Store {
             )
             .bind(customer_id)
             .bind(key)
-            .bind(request_hash)
-            .execute(&self.pool),
+            .bind(request_hash),
+            |query| query.execute(&self.pool),
         )
         .await?
         .rows_affected();
@@ -290,8 +289,8 @@ impl Store {
                  FROM ordering.idempotency_keys WHERE customer_id = $1 AND key = $2",
             )
             .bind(customer_id)
-            .bind(key)
-            .fetch_one(&self.pool),
+            .bind(key),
+            |query| query.fetch_one(&self.pool),
         )
         .await?;
         Ok(match reply {
@@ -309,8 +308,8 @@ impl Store {
             sqlx::query("UPDATE ordering.idempotency_keys SET order_id = $3 WHERE customer_id = $1 AND key = $2")
                 .bind(customer_id)
                 .bind(key)
-                .bind(order_id)
-                .execute(&self.pool),
+                .bind(order_id),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -327,8 +326,8 @@ impl Store {
                  WHERE customer_id = $1 AND key = $2 AND reply IS NULL AND order_id IS NULL",
             )
             .bind(customer_id)
-            .bind(key)
-            .execute(&self.pool),
+            .bind(key),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -342,8 +341,8 @@ impl Store {
             sqlx::query("UPDATE ordering.idempotency_keys SET reply = $3 WHERE customer_id = $1 AND key = $2")
                 .bind(customer_id)
                 .bind(key)
-                .bind(reply)
-                .execute(&self.pool),
+                .bind(reply),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -414,9 +413,8 @@ impl Store {
         traced(
             "UPDATE",
             "ordering.orders",
-            sqlx::query("UPDATE ordering.orders SET stock_release_pending = false WHERE order_id = $1")
-                .bind(order_id)
-                .execute(&self.pool),
+            sqlx::query("UPDATE ordering.orders SET stock_release_pending = false WHERE order_id = $1").bind(order_id),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -435,8 +433,8 @@ impl Store {
                  WHERE order_id = $1 RETURNING release_attempts",
             )
             .bind(order_id)
-            .bind(MAX_REPAIR_BACKOFF.as_secs_f64())
-            .fetch_one(&self.pool),
+            .bind(MAX_REPAIR_BACKOFF.as_secs_f64()),
+            |query| query.fetch_one(&self.pool),
         )
         .await?;
         Ok(attempts.max(0) as u32)
@@ -447,9 +445,8 @@ impl Store {
         traced(
             "UPDATE",
             "ordering.orders",
-            sqlx::query("UPDATE ordering.orders SET stock_committed = true WHERE order_id = $1")
-                .bind(order_id)
-                .execute(&self.pool),
+            sqlx::query("UPDATE ordering.orders SET stock_committed = true WHERE order_id = $1").bind(order_id),
+            |query| query.execute(&self.pool),
         )
         .await
         .map(|_| ())

@@ -85,8 +85,8 @@ impl Processor {
             .bind(request.amount_cents)
             .bind(card.last4())
             .bind(status)
-            .bind(reason)
-            .fetch_optional(&self.pool),
+            .bind(reason),
+            |query| query.fetch_optional(&self.pool),
         )
         .await
         .map_err(|e| wire_error(&e))?;
@@ -106,8 +106,8 @@ impl Processor {
             sqlx::query_as(
                 "SELECT payment_id, card_last4, status, decline_reason FROM payment.payments WHERE order_id = $1",
             )
-            .bind(order_id)
-            .fetch_optional(&self.pool),
+            .bind(order_id),
+            |query| query.fetch_optional(&self.pool),
         )
         .await
         .map_err(|e| wire_error(&e))?;

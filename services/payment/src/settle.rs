@@ -50,8 +50,8 @@ impl Settlement {
                  RETURNING status",
             )
             .bind(order_id)
-            .bind(Uuid::now_v7())
-            .fetch_optional(&self.pool),
+            .bind(Uuid::now_v7()),
+            |query| query.fetch_optional(&self.pool),
         )
         .await
         .map_err(|error| {

@@ -1,7 +1,9 @@
 //! PostgreSQL for every service: connecting, creating the database and
 //! applying `migrations/`, and [`traced`], which runs one SQL statement in a
-//! CLIENT span named after its operation and table
-//! (`db.system.name=postgresql`), marked failed when the statement fails.
+//! CLIENT span named after its operation and table, with the database
+//! conventions' attributes (the parameterised text included), marked failed
+//! when the statement fails; [`begin`] and [`commit`] make a transaction's
+//! own round trips spans too.
 //!
 //! [`retry_transient`] runs a transaction again when PostgreSQL aborted it
 //! only because of concurrent work (a deadlock or a serialization failure).
@@ -41,6 +43,7 @@ pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// treats a failed statement as a passing failure (a retry, a redelivery, or
 /// a 503 before any effect), as it must while PostgreSQL is down anyway.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    remember_endpoint(url);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -88,27 +91,94 @@ pub async fn migrate(url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Runs `statement` in a CLIENT span `<operation> <table>` after the
-/// OpenTelemetry database conventions. A failure marks the span with the
-/// SQLSTATE as `error.type`; the message names only the operation and table,
-/// as database messages may quote values.
-pub async fn traced<T, F>(operation: &'static str, table: &'static str, statement: F) -> Result<T, sqlx::Error>
+/// Where the process's database is, for its spans: `db.namespace`,
+/// `server.address` and `server.port`; set by the first [`connect`].
+#[derive(Clone, Debug)]
+struct DatabaseEndpoint {
+    namespace: String,
+    address: String,
+    port: u16,
+}
+
+static ENDPOINT: std::sync::OnceLock<DatabaseEndpoint> = std::sync::OnceLock::new();
+
+fn remember_endpoint(url: &str) {
+    if let Ok(options) = PgConnectOptions::from_str(url) {
+        let _ = ENDPOINT.set(DatabaseEndpoint {
+            namespace: options.get_database().unwrap_or("postgres").to_string(),
+            address: options.get_host().to_string(),
+            port: options.get_port(),
+        });
+    }
+}
+
+/// A statement's text as a span shows it: parameterised (values are bound,
+/// never in the text), on one line.
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs `query` (through `run`, which executes or fetches it) in a CLIENT
+/// span `<operation> <table>` after the OpenTelemetry database conventions:
+/// `db.system.name`, `db.namespace`, `db.operation.name`,
+/// `db.collection.name`, `db.query.summary`, `db.query.text` (the
+/// parameterised statement, never a value), `server.address` and
+/// `server.port`. A failure marks the span with the SQLSTATE as
+/// `error.type`; the message names only the operation and table, as
+/// database messages may quote values.
+pub async fn traced<'q, Q, T, F>(
+    operation: &'static str,
+    table: &'static str,
+    query: Q,
+    run: impl FnOnce(Q) -> F,
+) -> Result<T, sqlx::Error>
 where
+    Q: sqlx::Execute<'q, sqlx::Postgres>,
     F: Future<Output = Result<T, sqlx::Error>>,
 {
+    let text = one_line(query.sql());
+    in_client_span(operation, Some(table), Some(&text), run(query)).await
+}
+
+/// Opens a transaction in a CLIENT span `BEGIN`.
+pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    in_client_span("BEGIN", None, None, pool.begin()).await
+}
+
+/// Commits a transaction in a CLIENT span `COMMIT`: under load, the wait
+/// for the write-ahead log's flush is where a transaction's time goes.
+pub async fn commit(transaction: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
+    in_client_span("COMMIT", None, None, transaction.commit()).await
+}
+
+async fn in_client_span<T>(
+    operation: &'static str,
+    table: Option<&'static str>,
+    text: Option<&str>,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let summary = match table {
+        Some(table) => format!("{operation} {table}"),
+        None => operation.to_string(),
+    };
+    let endpoint = ENDPOINT.get();
     let span = tracing::info_span!(
         "db.statement",
-        otel.name = %format!("{operation} {table}"),
+        otel.name = %summary,
         otel.kind = "client",
         db.system.name = "postgresql",
+        db.namespace = endpoint.map(|e| e.namespace.as_str()),
         db.operation.name = operation,
         db.collection.name = table,
-        db.query.summary = %format!("{operation} {table}"),
+        db.query.summary = %summary,
+        db.query.text = text,
+        server.address = endpoint.map(|e| e.address.as_str()),
+        server.port = endpoint.map(|e| i64::from(e.port)),
         db.response.status_code = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
     let result = statement.instrument(span.clone()).await;
-    record_duration(started.elapsed(), operation, table, result.as_ref().err());
+    record_duration(started.elapsed(), operation, table.unwrap_or_default(), result.as_ref().err());
     if let Err(error) = &result {
         let code = match error {
             sqlx::Error::Database(db_error) => db_error.code().map(|c| c.to_string()),
@@ -118,13 +188,11 @@ where
             span.record("db.response.status_code", code.as_str());
         }
         let error_type = code.unwrap_or_else(|| sqlx_error_kind(error).to_string());
-        record_failure(&span, &error_type, &format!("{operation} {table} failed ({})", sqlx_error_kind(error)));
+        record_failure(&span, &error_type, &format!("{summary} failed ({})", sqlx_error_kind(error)));
     }
     result
 }
 
-/// Records one `db.client.operation.duration`, with the SQLSTATE (or the
-/// kind of failure) as `error.type` when the statement failed.
 fn record_duration(elapsed: Duration, operation: &str, table: &str, error: Option<&sqlx::Error>) {
     let error_type = error.map(|error| match error {
         sqlx::Error::Database(db_error) => {

@@ -140,11 +140,14 @@ pub fn messaging_process(duration: Duration, operation: &MessagingOperation<'_>)
 
 /// Records one `db.client.operation.duration` of a PostgreSQL statement.
 pub fn db_client_operation(duration: Duration, operation: &str, collection: &str, error_type: Option<&str>) {
-    let attributes = vec![
+    let mut attributes = vec![
         KeyValue::new(attr::DB_SYSTEM_NAME, "postgresql"),
         KeyValue::new(attr::DB_OPERATION_NAME, operation.to_string()),
-        KeyValue::new(attr::DB_COLLECTION_NAME, collection.to_string()),
     ];
+    // BEGIN and COMMIT act on no collection.
+    if !collection.is_empty() {
+        attributes.push(KeyValue::new(attr::DB_COLLECTION_NAME, collection.to_string()));
+    }
     instruments().db_client.record(duration.as_secs_f64(), &with_error(attributes, error_type));
 }
 
