@@ -189,12 +189,35 @@ impl BenchReport {
         self.config.payment_latency.as_secs_f64() * 1000.0 + 15.0
     }
 
-    /// CPU milliseconds per confirmed order for each process, at the highest
-    /// sustained rate of `search`.
-    pub fn cpu_ms_per_order(search: &Search) -> BTreeMap<String, f64> {
-        let Some(best) = search.best() else { return BTreeMap::new() };
-        let orders = best.confirmed.max(1) as f64;
-        best.cpu_seconds.iter().map(|(process, seconds)| (process.clone(), seconds * 1000.0 / orders)).collect()
+    /// The highest rate both searches sustained, offered alike: where the
+    /// two systems' CPU per order compare like for like (at another rate,
+    /// fixed costs such as polling spread over a different number of
+    /// orders).
+    pub fn common_rate(&self) -> Option<f64> {
+        self.traced
+            .steps
+            .iter()
+            .filter(|t| t.sustained)
+            .filter(|t| self.untraced.steps.iter().any(|u| u.sustained && u.offered == t.offered))
+            .map(|t| t.offered)
+            .max_by(f64::total_cmp)
+    }
+
+    /// CPU milliseconds per confirmed order for each process, in the step of
+    /// `search` at `rate`.
+    pub fn cpu_ms_per_order(search: &Search, rate: f64) -> BTreeMap<String, f64> {
+        let Some(step) = search.steps.iter().find(|s| s.offered == rate) else { return BTreeMap::new() };
+        let orders = step.confirmed.max(1) as f64;
+        step.cpu_seconds.iter().map(|(process, seconds)| (process.clone(), seconds * 1000.0 / orders)).collect()
+    }
+
+    /// Total CPU per order with 100% tracing over the same without, at the
+    /// common rate: the cost of tracing in CPU rather than in throughput.
+    pub fn tracing_cpu_ratio(&self) -> Option<f64> {
+        let rate = self.common_rate()?;
+        let total = |search: &Search| Self::cpu_ms_per_order(search, rate).values().sum::<f64>();
+        let untraced = total(&self.untraced);
+        (untraced > 0.0).then(|| total(&self.traced) / untraced)
     }
 }
 
@@ -599,5 +622,38 @@ mod tests {
     fn propagation_is_measured_in_nanoseconds() {
         let ns = propagation_ns();
         assert!(ns.is_finite() && ns > 0.0, "{ns}");
+    }
+
+    #[test]
+    fn cpu_compares_at_the_highest_rate_both_searches_held() {
+        let with_cpu = |offered: f64, sustained: bool, cpu: f64| Step {
+            cpu_seconds: [("order".to_string(), cpu)].into(),
+            confirmed: 1000,
+            ..step(offered, sustained)
+        };
+        let report = BenchReport {
+            config: BenchConfig::default(),
+            machine: Machine::read(),
+            limits: PartLimits {
+                pgbench_tps: Ok(1000.0),
+                nats_request_reply_per_s: 1.0,
+                jetstream_publish_per_s: 1.0,
+                nats_sync_always: false,
+            },
+            traced: Search {
+                steps: vec![with_cpu(100.0, true, 1.0), with_cpu(150.0, true, 1.1), with_cpu(225.0, false, 2.0)],
+            },
+            untraced: Search {
+                steps: vec![with_cpu(100.0, true, 0.9), with_cpu(150.0, true, 1.0), with_cpu(225.0, true, 1.4)],
+            },
+            half_rate: None,
+            propagation_ns: 1.0,
+            drain: Err("not run".to_string()),
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(report.common_rate(), Some(150.0));
+        assert_eq!(BenchReport::cpu_ms_per_order(&report.traced, 150.0)["order"], 1.1);
+        assert!((report.tracing_cpu_ratio().unwrap() - 1.1).abs() < 1e-9);
+        assert!((report.orders_per_pgbench_tx().unwrap() - 0.15).abs() < 1e-9);
     }
 }

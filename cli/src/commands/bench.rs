@@ -42,10 +42,18 @@ pub async fn run(_settings: &Settings, args: BenchArgs, as_json: bool) -> anyhow
 
     say(format!("pgbench, 8 clients, {}", humantime::format_duration(config.part_time)));
     let pgbench_tps = bench::pgbench(&system.db.url(), config.part_time).await;
+    // NATS's own limits are measured on a bare server of the same binary
+    // and fsync setting: the system's server admits only its users, each to
+    // its own subjects.
+    let bare = BareNats::start().await?;
+    let nats = async_nats::connect(bare.url()).await?;
     say(format!("NATS request/reply, 16 in flight, {}", humantime::format_duration(config.part_time / 2)));
-    let nats_request_reply_per_s = bench::nats_request_reply(&system.nats, config.part_time / 2).await?;
+    let nats_request_reply_per_s = bench::nats_request_reply(&nats, config.part_time / 2).await?;
     say(format!("JetStream publish with ack, 16 in flight, {}", humantime::format_duration(config.part_time / 2)));
-    let jetstream_publish_per_s = bench::jetstream_publish(&system.js, config.part_time / 2).await?;
+    let jetstream_publish_per_s =
+        bench::jetstream_publish(&async_nats::jetstream::new(nats.clone()), config.part_time / 2).await?;
+    drop(nats);
+    drop(bare);
     let limits = PartLimits {
         pgbench_tps,
         nats_request_reply_per_s,
@@ -108,6 +116,52 @@ pub async fn run(_settings: &Settings, args: BenchArgs, as_json: bool) -> anyhow
         print!("{}", summary(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `nats-server -js` with no accounts, on a free port and a store of its
+/// own, fsyncing as the system's server does; killed on drop.
+struct BareNats {
+    port: u16,
+    child: std::process::Child,
+    _store: tempfile::TempDir,
+}
+
+impl BareNats {
+    async fn start() -> anyhow::Result<Self> {
+        let store = tempfile::Builder::new().prefix("tracehop-bench-nats-").tempdir()?;
+        let port = tracehop_testkit::free_port();
+        let mut command = std::process::Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(store.path());
+        if tracehop_testkit::supports_sync_always() {
+            let config = store.path().join("sync.conf");
+            std::fs::write(&config, "jetstream { sync_interval: always }\n")?;
+            command.arg("-c").arg(config);
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("failed to start nats-server (is it on the PATH?): {e}"))?;
+        let bare = Self { port, child, _store: store };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the bare nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(bare)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for BareNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The database's name, the last segment of its URL.
@@ -278,8 +332,11 @@ pub fn report_json(report: &BenchReport) -> Value {
             }),
             Err(why) => json!({ "error": why }),
         },
-        "cpu_ms_per_order": BenchReport::cpu_ms_per_order(&report.traced),
-        "cpu_ms_per_order_untraced": BenchReport::cpu_ms_per_order(&report.untraced),
+        "cpu_rate_per_s": report.common_rate(),
+        "cpu_ms_per_order": report.common_rate().map(|rate| BenchReport::cpu_ms_per_order(&report.traced, rate)),
+        "cpu_ms_per_order_untraced":
+            report.common_rate().map(|rate| BenchReport::cpu_ms_per_order(&report.untraced, rate)),
+        "tracing_cpu_ratio": report.tracing_cpu_ratio(),
         "elapsed_s": report.elapsed.as_secs_f64(),
     })
 }
@@ -396,14 +453,15 @@ pub fn markdown(report: &BenchReport) -> String {
     for (title, search) in [("100% tracing", &report.traced), ("tracing off", &report.untraced)] {
         let _ = writeln!(out, "### The rate search, {title}\n\n```\n{}```\n", steps_table(search));
     }
-    let traced = BenchReport::cpu_ms_per_order(&report.traced);
-    if !traced.is_empty() {
-        let untraced = BenchReport::cpu_ms_per_order(&report.untraced);
+    if let Some(rate) = report.common_rate() {
+        let traced = BenchReport::cpu_ms_per_order(&report.traced, rate);
+        let untraced = BenchReport::cpu_ms_per_order(&report.untraced, rate);
         let _ = writeln!(
             out,
-            "## CPU per order\n\nCPU milliseconds per confirmed order at the highest sustained rate of each \
-             search, from `/proc/<pid>/stat` (PostgreSQL: the server's own processes and this database's \
-             backends). The last column is what 100% tracing adds.\n\n```\n{}```\n",
+            "## CPU per order\n\nCPU milliseconds per confirmed order at {rate:.0}/s, the highest rate both \
+             searches sustained (so that fixed costs spread alike), from `/proc/<pid>/stat` (PostgreSQL: the \
+             server's own processes and this database's backends). The last column is what 100% tracing \
+             adds.\n\n```\n{}```\n",
             cpu_table(&traced, &untraced)
         );
     }

@@ -34,16 +34,17 @@ pub const PROGRAM: &str = "nats-server";
 /// otherwise: beside, not on, the usual 4222 of a shared server.
 pub const DEFAULT_PORT: u16 = 4223;
 
-/// nats-server's memory beyond the span feed: connections, buffers, the
-/// file streams' caches.
-pub const MEMORY_BASE_BYTES: u64 = 128 * 1024 * 1024;
+/// nats-server's memory beyond the span feed: about what an idle server
+/// holds (18 MB measured, connections and buffers included).
+pub const MEMORY_BASE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The default `GOMEMLIMIT` for a server holding a span feed of
 /// `feed_bytes`: 1.5 times the feed plus [`MEMORY_BASE_BYTES`]. Go's
 /// collector otherwise lets the heap grow to twice what is live (measured:
 /// 834 MB resident for a full 256 MiB feed); with the limit it collects
-/// before the heap passes it. It is a soft limit: a server that needs more
-/// live memory gets it, and collects often.
+/// before the heap passes it, and the server stays within 1.5 times the
+/// feed plus what it holds idle (BENCHMARKS.md). It is a soft limit: a
+/// server that needs more live memory gets it, and collects often.
 pub fn default_memory_limit(feed_bytes: u64) -> u64 {
     feed_bytes + feed_bytes / 2 + MEMORY_BASE_BYTES
 }
