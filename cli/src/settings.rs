@@ -58,7 +58,7 @@ pub struct Settings {
     /// The system's own NATS server, which `up` starts and `down` stops:
     /// when `NATS_URL` is not set and `nats-server` is on the PATH. Its
     /// port is `TRACEHOP_NATS_PORT` (4223), its `GOMEMLIMIT`
-    /// `TRACEHOP_NATS_MEMORY_LIMIT` (1.5 times the span feed plus 16 MiB).
+    /// `TRACEHOP_NATS_MEMORY_LIMIT` (1.5 times the span feed).
     pub own_nats: Option<OwnServer>,
     /// `TRACEHOP_NATS_KEYS`: the folder of NATS keys (`<user>.nk`); the own
     /// server's keys when unset and that server is used.

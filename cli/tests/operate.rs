@@ -177,7 +177,7 @@ async fn up_runs_the_systems_own_nats_server_and_down_stops_it_last() {
     let pid: u32 = std::fs::read_to_string(home.0.join("run/nats-server.pid")).unwrap().trim().parse().unwrap();
     assert!(tracehop_launcher::runs_program(pid, "nats-server"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let expected = format!("GOMEMLIMIT={}", feed_bytes + feed_bytes / 2 + 128 * 1024 * 1024);
+    let expected = format!("GOMEMLIMIT={}", feed_bytes + feed_bytes / 2);
     assert!(environ.split(|b| *b == 0).any(|entry| entry == expected.as_bytes()), "no {expected}");
     assert!(home.0.join("nats/store/jetstream").is_dir(), "the store is not under the home");
 

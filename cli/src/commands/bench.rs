@@ -384,6 +384,14 @@ fn figures_table(report: &BenchReport) -> String {
         String::new(),
     ]);
     table.add_row(vec!["  tracing on / off".to_string(), ratio(report.tracing_ratio()), "≥ 95%".to_string()]);
+    table.add_row(vec![
+        format!(
+            "  CPU per order, tracing off / on{}",
+            report.common_rate().map_or_else(String::new, |rate| format!(" (at {rate:.0}/s)"))
+        ),
+        ratio(report.tracing_cpu_ratio().map(|r| 1.0 / r)),
+        "≥ 95%".to_string(),
+    ]);
     let target = report.half_rate_p99_target_ms();
     match &report.half_rate {
         Some(half) => {
@@ -438,14 +446,14 @@ pub fn markdown(report: &BenchReport) -> String {
     let _ = writeln!(
         out,
         "- every service, NATS, PostgreSQL and the load generator on this one machine; payment's simulated \
-         latency {}\n",
+         latency {} ms\n",
         millis(report.config.payment_latency.as_secs_f64() * 1000.0)
     );
     let _ = writeln!(out, "## Figures\n\n```\n{}```\n", figures_table(report));
     let _ = writeln!(
         out,
         "A rate is *sustained* when the generator kept it (an open model: orders are sent on schedule, \
-         whatever the answers), every order was confirmed, the gateway's p99 stayed within {} and every \
+         whatever the answers), every order was confirmed, the gateway's p99 stayed within {} ms and every \
          consumer of ORDERS had caught up within 15 s of the last answer. Each step sends for {}.\n",
         millis(report.config.p99_limit.as_secs_f64() * 1000.0),
         humantime::format_duration(report.config.step)
@@ -469,8 +477,10 @@ pub fn markdown(report: &BenchReport) -> String {
 }
 
 fn steps_table(search: &Search) -> String {
-    let mut table = super::load::table(&["offered", "confirmed", "p50", "p99", "failed", "caught up", "sustained"]);
+    let mut table =
+        super::load::table(&["offered", "confirmed", "p50", "p99", "failed", "caught up", "sustained", "CPU ms/order"]);
     for step in &search.steps {
+        let cpu_ms = step.cpu_seconds.values().sum::<f64>() * 1000.0 / step.confirmed.max(1) as f64;
         table.add_row(vec![
             format!("{:.0}/s", step.offered),
             format!("{:.0}/s", step.confirmed_per_s),
@@ -479,9 +489,10 @@ fn steps_table(search: &Search) -> String {
             step.failed.to_string(),
             step.drained.map_or_else(|| "no".to_string(), |d| format!("{:.1}s", d.as_secs_f64())),
             if step.sustained { "yes" } else { "no" }.to_string(),
+            format!("{cpu_ms:.2}"),
         ]);
     }
-    super::load::right_align(&mut table, &[0, 1, 2, 3, 4, 5]);
+    super::load::right_align(&mut table, &[0, 1, 2, 3, 4, 5, 7]);
     super::load::table_text(&table)
 }
 
