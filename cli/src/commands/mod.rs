@@ -24,13 +24,15 @@ use anyhow::Context as _;
 
 use crate::settings::Settings;
 
-/// Connects to NATS or explains how to get it running.
+/// Connects to NATS (`NATS_URL`: one server, or a comma-separated list of a
+/// cluster's) or explains how to get it running.
 pub async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    let servers = tracehop_messaging::server_addrs(&settings.nats_url).context("NATS_URL is invalid")?;
     let options = tracehop_messaging::access::connect_options(
         tracehop_messaging::access::NatsUser::Command,
         &settings.nats_credentials()?,
     );
-    let connect = options.connection_timeout(Duration::from_secs(3)).connect(&settings.nats_url);
+    let connect = options.connection_timeout(Duration::from_secs(3)).connect(servers);
     tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
