@@ -48,6 +48,7 @@ fn number_or(name: &str, default: u64) -> anyhow::Result<u64> {
 use tracehop_launcher::Launcher;
 use tracehop_launcher::nats_server::{self, OwnServer};
 use tracehop_messaging::access::{NatsCredentials, NatsUser, Seed};
+use tracehop_messaging::topology::StreamReplicas;
 
 /// The command's settings.
 #[derive(Clone, Debug)]
@@ -78,6 +79,9 @@ pub struct Settings {
     /// `TRACEHOP_KEPT_MAX_AGE_HOURS`: what the span feed (memory) and the
     /// kept-traces store (disk) may hold; `up` and `prepare` apply them.
     pub limits: Limits,
+    /// `TRACEHOP_STREAM_REPLICAS` (1; 3 on a cluster): on how many NATS
+    /// servers `up` and `prepare` put each stream and bucket.
+    pub stream_replicas: StreamReplicas,
 }
 
 impl Settings {
@@ -122,6 +126,10 @@ impl Settings {
             home,
             smtp: std::env::var("SMTP_URL").is_ok_and(|url| !url.trim().is_empty()),
             limits,
+            stream_replicas: match std::env::var(StreamReplicas::VARIABLE) {
+                Ok(value) if !value.trim().is_empty() => value.parse()?,
+                _ => StreamReplicas::default(),
+            },
         })
     }
 

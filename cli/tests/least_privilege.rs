@@ -51,7 +51,9 @@ async fn refused(heard: &mut mpsc::UnboundedReceiver<String>, action: &str, subj
 async fn prepared_server() -> NatsServer {
     let server = NatsServer::start().await.expect("failed to start nats-server");
     let command = server.connect_command().await.unwrap();
-    topology::ensure_all(&jetstream::new(command)).await.expect("the command prepares the streams");
+    topology::ensure_all(&jetstream::new(command), topology::StreamReplicas::ONE)
+        .await
+        .expect("the command prepares the streams");
     server
 }
 

@@ -42,9 +42,11 @@ async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Resu
     let passwords = settings.database_passwords_dir();
     tracehop_launcher::ensure_database_passwords(&passwords)?;
     let password = |service| tracehop_launcher::database_password(&passwords, service);
-    tracehop_launcher::prepare(nats, &settings.database_url, &settings.limits, password).await.with_context(
-        || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
-    )?;
+    tracehop_launcher::prepare(nats, &settings.database_url, &settings.limits, settings.stream_replicas, password)
+        .await
+        .with_context(
+            || "failed to prepare the system (is PostgreSQL running? set DATABASE_URL if it is not on 127.0.0.1:5432)",
+        )?;
     println!("migrations applied, streams and consumers ready");
     Ok(())
 }

@@ -29,7 +29,7 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep};
-pub use tracehop_messaging::topology::{SERVICE_NAMES as SERVICES, Service};
+pub use tracehop_messaging::topology::{SERVICE_NAMES as SERVICES, Service, Store, StreamReplicas};
 
 /// The executable of the service called `service`; a name outside the
 /// catalog gets `tracehop-<name>`, which does not exist.
@@ -320,11 +320,14 @@ pub async fn ensure_database_roles(
 /// password), then creates the span feed, the ORDERS stream and every
 /// expected durable consumer, so that events wait for a consumer that has
 /// not started yet, and the key-value buckets of the scenarios and of the
-/// span pipelines' reports.
+/// span pipelines' reports. Each store gets the replica count the catalog
+/// gives it for `replicas` ([`Store::replicas`]; `TRACEHOP_STREAM_REPLICAS`,
+/// 3 on a cluster), an existing one is brought to it.
 pub async fn prepare(
     nats: &async_nats::Client,
     database_url: &str,
     limits: &tracehop_spanfeed::kept::Limits,
+    replicas: StreamReplicas,
     password: impl Fn(Service) -> Option<String>,
 ) -> anyhow::Result<()> {
     tracehop_db::migrate(database_url)
@@ -332,14 +335,23 @@ pub async fn prepare(
         .with_context(|| format!("failed to migrate the database at {}", redact_url(database_url)))?;
     ensure_database_roles(database_url, password).await?;
     let js = async_nats::jetstream::new(nats.clone());
-    tracehop_spanfeed::ensure_streams(&js, limits)
+    tracehop_spanfeed::ensure_streams(
+        &js,
+        limits,
+        Store::SpanFeed.replicas(replicas),
+        Store::KeptTraces.replicas(replicas),
+    )
+    .await
+    .context("failed to create the span feed and kept-traces streams")?;
+    tracehop_messaging::topology::ensure_all(&js, replicas).await.context("failed to create streams and consumers")?;
+    tracehop_scenarios::create_bucket(&js, Store::Scenarios.replicas(replicas))
         .await
-        .context("failed to create the span feed and kept-traces streams")?;
-    tracehop_messaging::topology::ensure_all(&js).await.context("failed to create streams and consumers")?;
-    tracehop_scenarios::ensure_bucket(&js).await.context("failed to create the scenario switches")?;
+        .context("failed to create the scenario switches")?;
     // Services create it too when it is missing, but one made here lets a
     // service do with the right to put its own reports.
-    tracehop_telemetry::health::ensure_bucket(&js).await.context("failed to create the span pipelines' bucket")?;
+    tracehop_telemetry::health::create_bucket(&js, Store::PipelineReports.replicas(replicas))
+        .await
+        .context("failed to create the span pipelines' bucket")?;
     Ok(())
 }
 

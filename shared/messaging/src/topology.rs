@@ -391,9 +391,11 @@ pub const ORDERS_STREAM: &str = "ORDERS";
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// ORDERS: file storage (business events must survive a restart), limits
-/// retention (every consumer reads at its own pace; replay needs history).
-pub fn orders_stream_config() -> stream::Config {
+/// retention (every consumer reads at its own pace; replay needs history),
+/// on `replicas` servers ([`Store::Orders`]).
+pub fn orders_stream_config(replicas: StreamReplicas) -> stream::Config {
     stream::Config {
+        num_replicas: Store::Orders.replicas(replicas),
         name: ORDERS_STREAM.to_string(),
         description: Some("tracehop order events".to_string()),
         subjects: vec!["orders.>".to_string()],
@@ -417,9 +419,10 @@ pub fn dead_letter_subject(consumer: &str) -> String {
 }
 
 /// DEADLETTER: file storage, kept a month: a dead letter waits for a fix and
-/// a redrive.
-pub fn dead_letter_stream_config() -> stream::Config {
+/// a redrive; on `replicas` servers ([`Store::DeadLetter`]).
+pub fn dead_letter_stream_config(replicas: StreamReplicas) -> stream::Config {
     stream::Config {
+        num_replicas: Store::DeadLetter.replicas(replicas),
         name: DEAD_LETTER_STREAM.to_string(),
         description: Some("tracehop dead letters: original headers and payload, plus the reason".to_string()),
         subjects: vec!["deadletter.>".to_string()],
@@ -467,15 +470,22 @@ pub fn expected_consumers() -> Vec<ConsumerSpec> {
 }
 
 /// Creates or updates the ORDERS stream.
-pub async fn ensure_orders_stream(js: &jetstream::Context) -> Result<(), jetstream::context::CreateStreamError> {
-    js.create_or_update_stream(orders_stream_config()).await.map(|_| ())
+pub async fn ensure_orders_stream(
+    js: &jetstream::Context,
+    replicas: StreamReplicas,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    js.create_or_update_stream(orders_stream_config(replicas)).await.map(|_| ())
 }
 
-/// Creates the ORDERS and DEADLETTER streams and every expected durable
-/// consumer.
-pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
-    ensure_orders_stream(js).await.map_err(|source| TopologyError::Stream { stream: ORDERS_STREAM, source })?;
-    js.create_or_update_stream(dead_letter_stream_config())
+/// Creates the ORDERS and DEADLETTER streams, each on `replicas` servers,
+/// and every expected durable consumer (a durable has as many replicas as
+/// its stream: the server's default). An existing stream is brought to
+/// `replicas`: the count is the operator's, never guessed from the server.
+pub async fn ensure_all(js: &jetstream::Context, replicas: StreamReplicas) -> Result<(), TopologyError> {
+    ensure_orders_stream(js, replicas)
+        .await
+        .map_err(|source| TopologyError::Stream { stream: ORDERS_STREAM, source })?;
+    js.create_or_update_stream(dead_letter_stream_config(replicas))
         .await
         .map_err(|source| TopologyError::Stream { stream: DEAD_LETTER_STREAM, source })?;
     for spec in expected_consumers() {
@@ -488,6 +498,144 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), TopologyError> {
 pub async fn subject_counts<I>(stream: &stream::Stream<I>, filter: &str) -> HashMap<String, u64> {
     let Ok(subjects) = stream.info_with_subjects(filter).await else { return HashMap::new() };
     subjects.map_ok(|(subject, count)| (subject, count as u64)).try_collect().await.unwrap_or_default()
+}
+
+/// `TRACEHOP_STREAM_REPLICAS`: on how many servers of a NATS cluster each
+/// replicated store of the system lives ([`Store::replicas`] says which
+/// follow it). 1 (the default) on a single server; 3 on a three-node
+/// cluster, so that any one node may die with nothing lost and nothing
+/// stopped (a RAFT group of 3 keeps a quorum of 2). JetStream allows 1 to
+/// 5, and no more than the cluster has servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamReplicas(u8);
+
+impl StreamReplicas {
+    /// The variable the command reads it from.
+    pub const VARIABLE: &str = "TRACEHOP_STREAM_REPLICAS";
+    /// One copy: a single server.
+    pub const ONE: StreamReplicas = StreamReplicas(1);
+    /// JetStream's largest replica count.
+    pub const MAX: usize = 5;
+
+    /// `count` copies, when JetStream allows it (1 to [`Self::MAX`]).
+    pub fn new(count: usize) -> Result<Self, InvalidReplicas> {
+        match u8::try_from(count) {
+            Ok(n) if (1..=Self::MAX).contains(&count) => Ok(StreamReplicas(n)),
+            _ => Err(InvalidReplicas { value: count.to_string() }),
+        }
+    }
+
+    /// The count, for a stream's `num_replicas`.
+    pub const fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl Default for StreamReplicas {
+    fn default() -> Self {
+        Self::ONE
+    }
+}
+
+impl std::fmt::Display for StreamReplicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for StreamReplicas {
+    type Err = InvalidReplicas;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidReplicas { value: value.to_string() };
+        value.trim().parse::<usize>().map_err(|_| invalid()).and_then(|n| Self::new(n).map_err(|_| invalid()))
+    }
+}
+
+/// A replica count JetStream would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "TRACEHOP_STREAM_REPLICAS={value:?} is invalid: it must be a whole number from 1 to 5 (JetStream's limit), and \
+     no more than the NATS cluster has servers (1 for a single server, 3 for a three-node cluster)"
+)]
+pub struct InvalidReplicas {
+    pub value: String,
+}
+
+/// Every JetStream store of the system: its streams and key-value buckets.
+/// [`Store::replicas`] is the one place that says how many copies of each a
+/// cluster keeps, and why; whoever creates a store asks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Store {
+    /// The order events (file).
+    Orders,
+    /// The dead letters (file).
+    DeadLetter,
+    /// The span feed, `SPANS` (memory, bounded).
+    SpanFeed,
+    /// The kept traces, `KEPT` (file, bounded).
+    KeptTraces,
+    /// The live scenario switches, `KV_SCENARIOS` (file).
+    Scenarios,
+    /// The leader leases, `KV_tracehop_leases` (file).
+    Leases,
+    /// The span pipelines' reports, `KV_tracehop_telemetry` (memory, aged out).
+    PipelineReports,
+}
+
+impl Store {
+    /// Every store.
+    pub const ALL: [Store; 7] = [
+        Store::Orders,
+        Store::DeadLetter,
+        Store::SpanFeed,
+        Store::KeptTraces,
+        Store::Scenarios,
+        Store::Leases,
+        Store::PipelineReports,
+    ];
+
+    /// How many servers hold the store when the operator asked for
+    /// `configured` ([`StreamReplicas`]: 1 on one server, 3 on a cluster).
+    ///
+    /// Every store follows the operator's count; none is left at one copy
+    /// on a cluster, for these reasons:
+    /// - ORDERS and DEADLETTER: business events and the record of what was
+    ///   given up on. An acknowledged event must survive a node, or an
+    ///   outbox row marked published points at nothing.
+    /// - Leases: a lease on one node makes every leader depend on that node
+    ///   (no node, no leader: the sentinel falls silent); replicated, its
+    ///   compare-and-set is decided by a RAFT quorum, so two candidates
+    ///   never both win across a node failure. A few bytes.
+    /// - Scenarios: a switch turned off or a fix turned on must not come
+    ///   back undone with a node. A few bytes.
+    /// - The span feed: it is memory and high-volume, and tripling it was
+    ///   the cost that argued for one copy. But on one node, that node's
+    ///   death loses every span it held and every span published until it
+    ///   returns: the traces of exactly the incident one wants to read, and
+    ///   the keeper's pending decisions with them (a third of node
+    ///   failures, whichever node it lands on). Per node a replica costs
+    ///   what a single server already holds (`TRACEHOP_SPAN_FEED_BYTES` of
+    ///   memory each), and the replication is off the checkout's path (the
+    ///   exporter publishes batches in the background). So it replicates.
+    ///   Measured in `shared/testkit/tests/cluster.rs` (R1 against R3).
+    /// - The kept traces: the errors and slow traces, kept for days: what
+    ///   the feed exists to find. Each node holds `TRACEHOP_KEPT_BYTES` of
+    ///   disk, as a single server does.
+    /// - The span pipelines' reports: memory, a few kilobytes, rewritten
+    ///   every few seconds; replicated so that `status` and the services'
+    ///   puts do not fail while one node is down.
+    pub const fn replicas(self, configured: StreamReplicas) -> usize {
+        match self {
+            Store::Orders
+            | Store::DeadLetter
+            | Store::Leases
+            | Store::Scenarios
+            | Store::SpanFeed
+            | Store::KeptTraces
+            | Store::PipelineReports => configured.get(),
+        }
+    }
 }
 
 /// A stream or consumer could not be created.
@@ -562,6 +710,30 @@ mod tests {
         }
         for spec in [loyalty_consumer(), notification_consumer(), analytics_consumer(), payment_consumer()] {
             assert!(durables.contains(spec.durable));
+        }
+    }
+
+    #[test]
+    fn replicas_are_one_to_five() {
+        assert_eq!(StreamReplicas::default().get(), 1);
+        assert_eq!("3".parse::<StreamReplicas>().unwrap().get(), 3);
+        assert_eq!(" 5 ".parse::<StreamReplicas>().unwrap().get(), 5);
+        for bad in ["0", "6", "-1", "three", "", "300"] {
+            let error = bad.parse::<StreamReplicas>().unwrap_err();
+            assert_eq!(error.value, bad);
+            assert!(error.to_string().starts_with(&format!("TRACEHOP_STREAM_REPLICAS={bad:?} is invalid")), "{error}");
+        }
+        assert!(StreamReplicas::new(0).is_err() && StreamReplicas::new(6).is_err());
+    }
+
+    #[test]
+    fn the_streams_take_the_replica_count() {
+        let three = StreamReplicas::new(3).unwrap();
+        assert_eq!(orders_stream_config(three).num_replicas, 3);
+        assert_eq!(dead_letter_stream_config(three).num_replicas, 3);
+        assert_eq!(orders_stream_config(StreamReplicas::ONE).num_replicas, 1);
+        for store in Store::ALL {
+            assert_eq!(store.replicas(StreamReplicas::ONE), 1, "{store:?} on a single server");
         }
     }
 

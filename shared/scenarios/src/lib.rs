@@ -29,7 +29,7 @@ use opentelemetry::{Array, StringValue, Value};
 use tokio::sync::watch;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-pub use store::{Change, ScenarioError, apply, ensure_bucket, read_all, watch};
+pub use store::{Change, ScenarioError, apply, create_bucket, ensure_bucket, read_all, watch};
 
 /// The key-value bucket that holds the switches.
 pub const BUCKET: &str = "SCENARIOS";

@@ -71,6 +71,15 @@ fn bucket_stream_config() -> jetstream::stream::Config {
     }
 }
 
+/// Creates the bucket on `replicas` servers of a cluster (1 on a single
+/// server), or brings an existing one to that count: what `tracehop up`
+/// and `prepare` do, knowing the count. [`ensure_bucket`], for everyone
+/// else, creates a missing one with one copy.
+pub async fn create_bucket(js: &jetstream::Context, replicas: usize) -> Result<(), ScenarioError> {
+    let config = jetstream::stream::Config { num_replicas: replicas, ..bucket_stream_config() };
+    js.create_or_update_stream(config).await.map(drop).map_err(|e| ScenarioError::Bucket(Box::new(e)))
+}
+
 /// Opens the bucket, creating it if it is missing.
 pub async fn ensure_bucket(js: &jetstream::Context) -> Result<kv::Store, ScenarioError> {
     if let Ok(store) = js.get_key_value(BUCKET).await {

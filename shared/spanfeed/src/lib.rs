@@ -98,11 +98,19 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), jetstream::con
 }
 
 /// Creates (or updates) the feed's stream and the kept-traces store with
-/// `limits`.
+/// `limits`, the feed on `feed_replicas` servers of a cluster and the store
+/// on `kept_replicas` (the catalog's `Store::replicas` in the messaging
+/// crate says how many, and why; 1 on a single server). A service that
+/// finds the feed missing creates it with one copy ([`ensure_stream`]):
+/// `tracehop up` and `prepare` make it first.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     limits: &kept::Limits,
+    feed_replicas: usize,
+    kept_replicas: usize,
 ) -> Result<(), jetstream::context::CreateStreamError> {
-    js.create_or_update_stream(stream_config(limits.feed_bytes, limits.feed_max_age)).await?;
-    kept::ensure_stream(js, limits).await
+    let feed = stream::Config { num_replicas: feed_replicas, ..stream_config(limits.feed_bytes, limits.feed_max_age) };
+    js.create_or_update_stream(feed).await?;
+    let kept = stream::Config { num_replicas: kept_replicas, ..kept::stream_config(limits) };
+    js.create_or_update_stream(kept).await.map(drop)
 }
