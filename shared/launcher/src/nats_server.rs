@@ -6,7 +6,8 @@
 //! - [`ensure_keys`]: an nkey per [`NatsUser`], generated once into the keys
 //!   folder (0700), each seed in a file of its own (0600). The server gets
 //!   only the public keys, through its environment.
-//! - [`ServerConfig`]: port, JetStream store, fsync policy and memory limit;
+//! - [`ServerConfig`]: port, JetStream store, fsync policy and, for a node
+//!   of a cluster, its name and routes ([`ClusterNode`]);
 //!   [`ServerConfig::write`] writes `nats-server.conf`, which includes the
 //!   generated users and permissions ([`access::accounts_config`], the text
 //!   of `deploy/nats-accounts.conf`).
@@ -119,18 +120,45 @@ pub fn public_key_env(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub port: u16,
-    /// JetStream's store.
+    /// JetStream's store: each node of a cluster has its own.
     pub store_dir: PathBuf,
     /// `sync_interval: always`: acknowledged writes are on disk. Only where
     /// the server supports it ([`supports_sync_always`]).
     pub sync_always: bool,
+    /// This server as a node of a cluster; `None` for a single server.
+    pub cluster: Option<ClusterNode>,
 }
+
+/// What makes a server a node of a JetStream cluster: a name of its own
+/// (stream info names a stream's leader by it), the cluster's name, where
+/// it listens for routes and the routes to the other nodes. nats-server
+/// 2.9 and 2.15 take the same block; a route to the node itself is ignored,
+/// so every node may list them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// `server_name`, unique in the cluster (JetStream requires it).
+    pub server_name: String,
+    /// `cluster.name`, the same on every node.
+    pub cluster_name: String,
+    /// `cluster.listen`: the route port, on 127.0.0.1.
+    pub route_port: u16,
+    /// `cluster.routes`: `nats-route://host:port` of the other nodes.
+    pub routes: Vec<String>,
+}
+
+/// The name of a cluster tracehop configures.
+pub const CLUSTER_NAME: &str = "tracehop";
 
 impl ServerConfig {
     /// A server on `port` with its store in `store_dir`, fsyncing every
     /// write where the server on the PATH can.
     pub fn new(port: u16, store_dir: PathBuf) -> Self {
-        Self { port, store_dir, sync_always: supports_sync_always() }
+        Self { port, store_dir, sync_always: supports_sync_always(), cluster: None }
+    }
+
+    /// The same server as a node of a cluster.
+    pub fn in_cluster(self, node: ClusterNode) -> Self {
+        Self { cluster: Some(node), ..self }
     }
 
     /// The configuration's text; it includes `accounts.conf` beside it.
@@ -140,11 +168,25 @@ impl ServerConfig {
         } else {
             "  # This nats-server predates `sync_interval` (2.10): it fsyncs on its own timer.\n"
         };
+        let (what, server_name, cluster) = match &self.cluster {
+            None => ("the system's own NATS server", "tracehop", String::new()),
+            Some(node) => (
+                "a node of a NATS cluster",
+                node.server_name.as_str(),
+                format!(
+                    "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{route_port}\n  routes: [\n{routes}  ]\n}}\n",
+                    name = node.cluster_name,
+                    route_port = node.route_port,
+                    routes = node.routes.iter().map(|route| format!("    {route}\n")).collect::<String>(),
+                ),
+            ),
+        };
         format!(
-            "# Written by tracehop: the system's own NATS server.\n\
-             server_name: tracehop\n\
+            "# Written by tracehop: {what}.\n\
+             server_name: {server_name}\n\
              listen: 127.0.0.1:{port}\n\
              jetstream {{\n  store_dir: {store:?}\n{sync}}}\n\
+             {cluster}\
              include ./accounts.conf\n",
             port = self.port,
             store = self.store_dir.display().to_string(),
@@ -279,6 +321,37 @@ mod tests {
         assert_eq!(parse_version("nats-server: v2.9.10\n"), Some((2, 9, 10)));
         assert_eq!(parse_version("nats-server: v2.12.1-RC.2"), Some((2, 12, 1)));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_single_server_has_no_cluster_block() {
+        let config = ServerConfig { sync_always: true, ..ServerConfig::new(4223, PathBuf::from("/s")) };
+        assert_eq!(
+            config.text(),
+            "# Written by tracehop: the system's own NATS server.\nserver_name: tracehop\nlisten: 127.0.0.1:4223\n\
+             jetstream {\n  store_dir: \"/s\"\n  # Acknowledged means on disk: see deploy/nats-server.conf for why \
+             and what it costs.\n  sync_interval: always\n}\ninclude ./accounts.conf\n"
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_names_itself_and_its_routes() {
+        let node = ClusterNode {
+            server_name: "tracehop-2".to_string(),
+            cluster_name: CLUSTER_NAME.to_string(),
+            route_port: 6223,
+            routes: vec!["nats-route://127.0.0.1:6222".to_string(), "nats-route://127.0.0.1:6224".to_string()],
+        };
+        let text = ServerConfig::new(4224, PathBuf::from("/s2")).in_cluster(node).text();
+        assert!(text.contains("server_name: tracehop-2\nlisten: 127.0.0.1:4224\n"), "{text}");
+        assert!(
+            text.contains(
+                "cluster {\n  name: tracehop\n  listen: 127.0.0.1:6223\n  routes: [\n    \
+                 nats-route://127.0.0.1:6222\n    nats-route://127.0.0.1:6224\n  ]\n}\ninclude ./accounts.conf\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("store_dir: \"/s2\""), "{text}");
     }
 
     #[test]
