@@ -1,5 +1,5 @@
-//! The whole system for one test: its own NATS server, its own database,
-//! every service as its own process.
+//! The whole system for one test: its own NATS server (or cluster), its own
+//! database, every service as its own process.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -10,11 +10,13 @@ use async_nats::jetstream;
 use tempfile::TempDir;
 use tracehop_launcher::{Launcher, SERVICES, StopMode};
 
-use crate::{NatsServer, TestDatabase};
+use crate::{NatsCluster, NatsServer, TestDatabase, TestNats};
 
-/// Every service running against a private NATS server and database.
-pub struct TestSystem {
-    pub nats_server: NatsServer,
+/// Every service running against a private NATS server (or a cluster:
+/// `TestSystem<NatsCluster>`) and database.
+pub struct TestSystem<N: TestNats = NatsServer> {
+    /// The NATS under test: a [`NatsServer`] or a [`NatsCluster`].
+    pub nats_server: N,
     pub db: TestDatabase,
     /// A client of the test's NATS server, connected as the command (the
     /// operator's tool); [`NatsServer::connect_as`] plays another user.
@@ -48,15 +50,36 @@ impl TestSystem {
     /// Like [`TestSystem::start_with`], on a database of the caller's (on a
     /// private PostgreSQL server that the test restarts, say).
     pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let nats_server = NatsServer::start().await?;
+        Self::start_on_nats(NatsServer::start().await?, db, env).await
+    }
+}
+
+impl TestSystem<NatsCluster> {
+    /// Like [`TestSystem::start_with`], on a NATS cluster of the caller's:
+    /// every service and the command are given all its nodes, and streams
+    /// and buckets are replicated on all three (`TRACEHOP_STREAM_REPLICAS=3`).
+    pub async fn start_on_cluster(cluster: NatsCluster, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on_nats(cluster, TestDatabase::create().await?, env).await
+    }
+}
+
+impl<N: TestNats> TestSystem<N> {
+    /// The system on the NATS `nats_server` and the database `db`, with
+    /// extra environment variables for every service. Streams and buckets
+    /// get the replica count that suits that NATS, which the services also
+    /// find in `TRACEHOP_STREAM_REPLICAS`.
+    pub async fn start_on_nats(nats_server: N, db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let replicas = nats_server.stream_replicas();
         let nats = nats_server.connect_command().await?;
         let order_js = jetstream::new(nats_server.connect_service(tracehop_messaging::Service::Order).await?);
-        tracehop_launcher::prepare(&nats, &db.url(), &tracehop_spanfeed::kept::Limits::default(), |_| None).await?;
+        let limits = tracehop_spanfeed::kept::Limits::default();
+        tracehop_launcher::prepare(&nats, &db.url(), &limits, replicas, |_| None).await?;
         let run_dir = tempfile::Builder::new().prefix("tracehop-run-").tempdir()?;
         let mail_dir = run_dir.path().join("mail");
         let gateway_addr = format!("127.0.0.1:{}", crate::free_port());
         let mut launcher = Launcher::new(tracehop_launcher::default_bin_dir()?, run_dir.path().to_path_buf())
             .with_env("NATS_URL", nats_server.url())
+            .with_env(tracehop_messaging::topology::StreamReplicas::VARIABLE, replicas.to_string())
             .with_env("TRACEHOP_NATS_KEYS", nats_server.keys_dir().to_string_lossy())
             .with_env("GATEWAY_ADDR", &gateway_addr)
             .with_env("NOTIFICATION_MAIL_DIR", mail_dir.to_string_lossy())
@@ -156,7 +179,7 @@ impl TestSystem {
     }
 }
 
-impl Drop for TestSystem {
+impl<N: TestNats> Drop for TestSystem<N> {
     fn drop(&mut self) {
         // Every test of the whole system runs under the shipped permissions:
         // anything they refused is a defect, even when the test passed.
