@@ -13,8 +13,6 @@ use async_nats::jetstream::{self, stream};
 use tempfile::TempDir;
 use tokio::time::Instant;
 use tracehop_launcher::nats_server::{self, CLUSTER_NAME, ClusterNode, ServerConfig};
-use tracehop_messaging::Service;
-use tracehop_messaging::access::{NatsCredentials, NatsUser};
 use tracehop_messaging::topology::StreamReplicas;
 
 use crate::nats::{Configuration, ServerProcess, TestNats};
@@ -25,7 +23,8 @@ pub const CLUSTER_NODES: usize = 3;
 
 /// Three `nats-server`s forming one JetStream cluster. Nodes are numbered
 /// 0, 1, 2; node `i`'s `server_name` is `tracehop-<i+1>` ([`NatsCluster::node_name`]).
-/// Every process is killed on drop.
+/// Clients, given every node, come from [`TestNats`] (`connect_command`,
+/// `connect_service`, `connect_as`). Every process is killed on drop.
 pub struct NatsCluster {
     // Declared before `dir`: the processes die before their folders go.
     nodes: Vec<ServerProcess>,
@@ -223,26 +222,6 @@ impl NatsCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// The credentials of `user` on this cluster.
-    pub fn credentials(&self, user: NatsUser) -> NatsCredentials {
-        TestNats::credentials(self, user)
-    }
-
-    /// A client connected as `user`, given every node.
-    pub async fn connect_as(&self, user: NatsUser) -> anyhow::Result<async_nats::Client> {
-        TestNats::connect_as(self, user).await
-    }
-
-    /// A client connected as the command (the operator's tool).
-    pub async fn connect_command(&self) -> anyhow::Result<async_nats::Client> {
-        self.connect_as(NatsUser::Command).await
-    }
-
-    /// A client connected as `service`.
-    pub async fn connect_service(&self, service: Service) -> anyhow::Result<async_nats::Client> {
-        self.connect_as(NatsUser::Service(service)).await
     }
 }
 
