@@ -48,6 +48,18 @@ impl TestSystem {
     /// Like [`TestSystem::start_with`], on a database of the caller's (on a
     /// private PostgreSQL server that the test restarts, say).
     pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_copies(db, env, 1).await
+    }
+
+    /// Like [`TestSystem::start_with`], with `instances` copies of each
+    /// service that may run several (`tracehop up --instances`); the
+    /// processes are named as [`tracehop_launcher::Instance`] says
+    /// (`order`, `order-2`).
+    pub async fn start_instances(instances: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_copies(TestDatabase::create().await?, env, instances).await
+    }
+
+    async fn start_copies(db: TestDatabase, env: &[(&str, &str)], instances: u16) -> anyhow::Result<Self> {
         let nats_server = NatsServer::start().await?;
         let nats = nats_server.connect_command().await?;
         let order_js = jetstream::new(nats_server.connect_service(tracehop_messaging::Service::Order).await?);
@@ -63,7 +75,7 @@ impl TestSystem {
             .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             .with_env("RUST_LOG", "info");
         // Each service connects as its own database role.
-        launcher = launcher.with_database_roles(&db.url(), |_| None)?;
+        launcher = launcher.with_database_roles(&db.url(), |_| None)?.with_instances(instances)?;
         for (name, value) in env {
             launcher = launcher.with_env(*name, *value);
         }
@@ -80,21 +92,23 @@ impl TestSystem {
             run_dir,
             children: Vec::new(),
         };
-        for service in SERVICES {
-            system.start_service(service)?;
+        for process in system.launcher.processes() {
+            system.start_service(&process.name())?;
         }
         system.wait_ready(&SERVICES).await?;
         Ok(system)
     }
 
-    /// Starts one service (again).
+    /// Starts one process (again): a service's first copy by its name,
+    /// another as `order-2`.
     pub fn start_service(&mut self, service: &str) -> anyhow::Result<()> {
         let child = self.launcher.start(service)?;
         self.children.push((service.to_string(), child));
         Ok(())
     }
 
-    /// Kills one service with SIGKILL, as a crash would, and reaps it:
+    /// Kills one process (a service's first copy by its name, another as
+    /// `order-2`) with SIGKILL, as a crash would, and reaps it:
     /// a killed process is gone at once, so the wait is for the kernel only.
     pub fn kill_service(&mut self, service: &str) -> anyhow::Result<()> {
         let Some(pid) = self.launcher.kill_now(service) else { anyhow::bail!("{service} is not running") };
@@ -124,10 +138,12 @@ impl TestSystem {
     pub fn logs(&self) -> String {
         let violations = self.nats_server.violations();
         let nats = format!("\n--- nats-server: permission violations ---\n{}", violations.join("\n"));
-        SERVICES
+        self.launcher
+            .processes()
             .iter()
-            .map(|service| {
-                let log = std::fs::read_to_string(self.launcher.log_path(service)).unwrap_or_default();
+            .map(|process| {
+                let service = process.name();
+                let log = std::fs::read_to_string(self.launcher.log_path(&service)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("--- {service} ---\n{}", tail.join("\n"))
