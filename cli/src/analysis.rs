@@ -665,6 +665,7 @@ mod tests {
             name: name.to_string(),
             kind,
             service: service.to_string(),
+            instance: String::new(),
             start_unix_nano: 1_000_000 * MS + start_ms * MS,
             end_unix_nano: 1_000_000 * MS + end_ms * MS,
             status: SpanStatus::Unset,

@@ -21,6 +21,10 @@ enum Command {
         /// Return once the system is up, leaving it running (stop it with `tracehop down`).
         #[arg(long)]
         detach: bool,
+        /// Copies of each service (the gateway runs once): they share requests and
+        /// deliveries, and elect a leader or split partitions where work must happen once.
+        #[arg(long, default_value_t = 1)]
+        instances: u16,
     },
     /// Stop every service that `up` started.
     Down,
@@ -107,7 +111,7 @@ enum Command {
     },
     /// Stop one service that `up` started: SIGKILL (a crash) unless --term.
     Kill {
-        /// The service's name, as `tracehop status` lists it.
+        /// A service (every copy of it) or one copy (`order-2`), as `tracehop status` lists them.
         service: String,
         /// SIGTERM instead: the service drains before it exits.
         #[arg(long)]
@@ -117,7 +121,8 @@ enum Command {
     },
     /// Start one service again and wait until it answers.
     Start {
-        /// The service's name, as `tracehop status` lists it.
+        /// A service (every copy `up` started) or one copy (`order-2`), as `tracehop status`
+        /// lists them.
         service: String,
         #[arg(long)]
         json: bool,
@@ -256,7 +261,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Up { detach } => commands::up::run(&settings, detach).await,
+        Command::Up { detach, instances } => commands::up::run(&settings, detach, instances).await,
         Command::Down => commands::down::run(&settings).await,
         Command::Prepare => commands::up::prepare_only(&settings).await,
         Command::NatsKeys { dir } => {

@@ -613,6 +613,7 @@ mod tests {
             name: name.to_string(),
             kind,
             service: service.to_string(),
+            instance: String::new(),
             start_unix_nano: BASE + start_ms * MS,
             end_unix_nano: BASE + end_ms * MS,
             status: SpanStatus::Unset,

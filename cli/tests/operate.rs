@@ -363,15 +363,50 @@ async fn status_kill_and_start_operate_single_services() {
     }
 }
 
-fn sample(sentinel: bool) -> Status {
-    let up = |name: &str, pid| ServiceStatus {
+fn up(name: &str, pid: u32) -> ServiceStatus {
+    ServiceStatus {
         name: name.to_string(),
+        service: name.split('-').next().unwrap_or(name).to_string(),
+        role: None,
         state: "up".to_string(),
         pid: Some(pid),
         version: Some("0.1.0".to_string()),
+    }
+}
+
+/// Copies of a service are rows of their own, and the copies of one that
+/// elects a leader say which leads.
+#[test]
+fn status_lists_each_copy_and_which_leads() {
+    let leader = ServiceStatus { role: Some("leader".into()), ..up("sentinel", 30) };
+    let standby = ServiceStatus { role: Some("standby".into()), ..up("sentinel-2", 31) };
+    let status = Status { services: vec![up("order", 10), up("order-2", 11), leader, standby], ..Status::default() };
+    let text = render_text(&status, false, 0);
+    let services: Vec<&str> = text.lines().skip(2).take(4).map(str::trim_end).collect();
+    assert_eq!(
+        services,
+        [
+            "  order       up             10  0.1.0",
+            "  order-2     up             11  0.1.0",
+            "  sentinel    up (leader)    30  0.1.0",
+            "  sentinel-2  up (standby)   31  0.1.0",
+        ],
+        "{text}"
+    );
+    let json = render_json(&status);
+    assert_eq!(json["services"][1]["service"], "order", "{json:#}");
+    assert_eq!(json["services"][3]["role"], "standby", "{json:#}");
+}
+
+fn sample(sentinel: bool) -> Status {
+    let down = |name: &str| ServiceStatus {
+        name: name.to_string(),
+        service: name.to_string(),
+        role: None,
+        state: "down".to_string(),
+        pid: None,
+        version: None,
     };
-    let down =
-        |name: &str| ServiceStatus { name: name.to_string(), state: "down".to_string(), pid: None, version: None };
     Status {
         services: vec![up("inventory", 4242), up("notification", 17), down("analytics")],
         consumers: vec![
@@ -525,7 +560,7 @@ fn status_json_has_services_consumers_alerts_and_sentinel() {
     assert_eq!(json["sentinel"], false);
     assert_eq!(
         json["services"][2],
-        serde_json::json!({"name": "analytics", "state": "down", "pid": null, "version": null})
+        serde_json::json!({"name": "analytics", "service": "analytics", "state": "down", "pid": null, "version": null})
     );
     assert_eq!(json["services"][0]["pid"], 4242);
     let analytics = &json["consumers"][1];

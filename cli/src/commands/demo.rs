@@ -13,7 +13,7 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     println!("== tracehop demo ==\n\n-- bringing the system up --");
-    super::up::bring_up(settings).await?;
+    super::up::bring_up(settings, settings.launcher()?.instances).await?;
     let js = jetstream::new(super::connect_nats(settings).await?);
     let http = reqwest::Client::new();
     let item = |sku: &str, quantity| ItemArg { sku: sku.to_string(), quantity };

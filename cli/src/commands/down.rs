@@ -5,16 +5,17 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tracehop_launcher::{SERVICES, StopMode};
+use tracehop_launcher::StopMode;
 
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let launcher = settings.launcher()?;
     let mut stopped = 0;
-    for service in SERVICES.iter().rev() {
-        if launcher.stop(service, StopMode::Graceful(Duration::from_secs(15))).await? {
-            println!("  {service:<13} stopped");
+    for (process, _) in launcher.running().into_iter().rev() {
+        let process = process.name();
+        if launcher.stop(&process, StopMode::Graceful(Duration::from_secs(15))).await? {
+            println!("  {process:<13} stopped");
             stopped += 1;
         }
     }

@@ -50,3 +50,14 @@ pub async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Cli
 }
 
 pub use crate::term::is_terminal;
+
+/// Prints what `kill` or `start` did with `--json`: one object for one
+/// process (as with one copy of each service), an array for several.
+pub fn print_json_outcomes(mut outcomes: Vec<serde_json::Value>) -> anyhow::Result<()> {
+    let output = match outcomes.len() {
+        1 => outcomes.remove(0),
+        _ => serde_json::Value::Array(outcomes),
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}

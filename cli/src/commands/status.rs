@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use serde::Serialize;
 use serde_json::Value;
-use tracehop_launcher::{Launcher, SERVICES};
+use tracehop_launcher::{Instances, Launcher, Service};
 use tracehop_messaging::health::{self, History, Reading, Thresholds};
 use tracehop_messaging::{RequestError, topology};
 use tracehop_proto::subjects;
@@ -110,10 +110,18 @@ async fn trace_stores(js: &jetstream::Context) -> Vec<TraceStoreStatus> {
     stores
 }
 
-/// One service process.
+/// One service process: a service, or one copy of it when several run.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceStatus {
+    /// The process: the service's name for its first copy, `order-2` for
+    /// its second.
     pub name: String,
+    /// The service it is a copy of.
+    pub service: String,
+    /// For a service whose copies elect a leader (the sentinel): `leader`
+    /// or `standby`, from the lease; none otherwise or when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// `up` or `down`.
     pub state: String,
     pub pid: Option<u32>,
@@ -236,8 +244,9 @@ pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode>
 /// Services from the pid files, consumers and alerts from the sentinel or,
 /// when it does not answer, from JetStream.
 pub async fn gather(launcher: &Launcher, nats: &async_nats::Client) -> Status {
-    let status = gather_consumers(launcher, nats).await;
+    let mut status = gather_consumers(launcher, nats).await;
     let js = jetstream::new(nats.clone());
+    mark_leaders(&mut status.services, &js).await;
     let reports = tracehop_telemetry::health::read_reports(&js).await.unwrap_or_default();
     Status { traces: trace_stores(&js).await, spans: span_pipelines(&reports), ..status }
 }
@@ -271,21 +280,40 @@ async fn gather_consumers(launcher: &Launcher, nats: &async_nats::Client) -> Sta
     }
 }
 
-/// Every service in [`SERVICES`], up when its pid file names a live process
-/// of that service.
+/// Every process the launcher runs (each copy of each service), plus any
+/// other copy still running, up when its pid file names a live process of
+/// that service; in start order.
 pub fn services(launcher: &Launcher) -> Vec<ServiceStatus> {
-    SERVICES
-        .iter()
-        .map(|name| {
-            let pid = launcher.running_pid(name);
+    let mut processes = launcher.processes();
+    processes.extend(launcher.running().into_iter().map(|(process, _)| process));
+    processes.sort_by_key(|p| (Service::ALL.iter().position(|s| *s == p.service), p.number));
+    processes.dedup();
+    processes
+        .into_iter()
+        .map(|process| {
+            let pid = launcher.running_pid(&process.name());
             ServiceStatus {
-                name: name.to_string(),
+                name: process.name(),
+                service: process.service.name().to_string(),
+                role: None,
                 state: if pid.is_some() { "up" } else { "down" }.to_string(),
                 pid,
                 version: pid.map(|_| env!("CARGO_PKG_VERSION").to_string()),
             }
         })
         .collect()
+}
+
+/// Marks the copies of each service that elects a leader as `leader` or
+/// `standby`, from who holds its lease.
+async fn mark_leaders(services: &mut [ServiceStatus], js: &jetstream::Context) {
+    let Ok(store) = js.get_key_value(tracehop_messaging::lease::BUCKET).await else { return };
+    for service in Service::ALL.into_iter().filter(|s| s.instances() == Instances::Leader) {
+        let holder = tracehop_messaging::lease::holder(&store, service.name()).await;
+        for status in services.iter_mut().filter(|s| s.service == service.name() && s.state == "up") {
+            status.role = Some(if holder.as_deref() == Some(&status.name) { "leader" } else { "standby" }.to_string());
+        }
+    }
 }
 
 /// Every expected consumer, read from JetStream and judged by the same
@@ -413,9 +441,13 @@ pub fn render_text(status: &Status, color: bool, now_unix_ms: i64) -> String {
         .services
         .iter()
         .map(|s| {
+            let state = match &s.role {
+                Some(role) => format!("{} ({})", clean(&s.state), clean(role)),
+                None => clean(&s.state),
+            };
             let cells = vec![
                 clean(&s.name),
-                clean(&s.state),
+                state,
                 s.pid.map_or("-".to_string(), |p| p.to_string()),
                 s.version.as_deref().map_or("-".to_string(), clean),
             ];

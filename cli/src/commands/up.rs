@@ -15,8 +15,8 @@ pub fn launcher(settings: &Settings) -> anyhow::Result<Launcher> {
 
 /// Brings the system up; prints where things are. Without `detach`, stays in
 /// the foreground until Ctrl-C, then stops everything.
-pub async fn run(settings: &Settings, detach: bool) -> anyhow::Result<ExitCode> {
-    bring_up(settings).await?;
+pub async fn run(settings: &Settings, detach: bool, instances: u16) -> anyhow::Result<ExitCode> {
+    bring_up(settings, instances).await?;
     if detach {
         println!("\nRunning in the background; stop it with `tracehop down`.");
         return Ok(ExitCode::SUCCESS);
@@ -51,11 +51,13 @@ async fn prepare(settings: &Settings, nats: &async_nats::Client) -> anyhow::Resu
     Ok(())
 }
 
-/// Prepares and starts every service that is not running yet, and waits
-/// until all of them answer.
-pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
-    let launcher = settings.launcher()?;
+/// Prepares and starts every process that is not running yet (`instances`
+/// copies of each service that may run several), and waits until every
+/// service answers.
+pub async fn bring_up(settings: &Settings, instances: u16) -> anyhow::Result<()> {
+    let launcher = settings.launcher()?.with_instances(instances)?;
     launcher.check_binaries()?;
+    launcher.remember_instances()?;
     if let Some(own) = &settings.own_nats {
         match own.start().await? {
             (pid, true) => println!("  {:<13} started (pid {pid}) on {}", "nats-server", own.url()),
@@ -64,12 +66,13 @@ pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     }
     let nats = super::connect_nats(settings).await?;
     prepare(settings, &nats).await?;
-    for service in SERVICES {
-        match launcher.running_pid(service) {
-            Some(pid) => println!("  {service:<13} already running (pid {pid})"),
+    for process in launcher.processes() {
+        let name = process.name();
+        match launcher.running_pid(&name) {
+            Some(pid) => println!("  {name:<13} already running (pid {pid})"),
             None => {
-                let child = launcher.start(service)?;
-                println!("  {service:<13} started (pid {})", child.id());
+                let child = launcher.start(&name)?;
+                println!("  {name:<13} started (pid {})", child.id());
             }
         }
     }
@@ -78,7 +81,10 @@ pub async fn bring_up(settings: &Settings) -> anyhow::Result<()> {
     {
         anyhow::bail!("{error:#}; see the logs in {}", settings.run_dir().display());
     }
-    println!("\nall {} services are up", SERVICES.len());
+    match instances {
+        1 => println!("\nall {} services are up", SERVICES.len()),
+        n => println!("\nall {} services are up, {n} copies of each but the gateway", SERVICES.len()),
+    }
     println!("  gateway   {}", settings.gateway_url());
     match &settings.own_nats {
         Some(own) => println!(

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub(crate) mod chaos;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -3,6 +3,11 @@
 //! it. A crash between the two re-publishes the event, which the stream drops
 //! as a duplicate (the event id is the `Nats-Msg-Id`).
 //!
+//! Every order instance runs a relay. A round takes its rows `FOR UPDATE
+//! SKIP LOCKED` and holds them until they are marked, so two relays never
+//! take one row: each publishes what the other did not take, and none is
+//! skipped, since a row stays unpublished until its ack marks it.
+//!
 //! Each publish runs in the trace of the order that decided it: the row keeps
 //! that trace's context, so the PRODUCER span joins the order's trace even
 //! when the relay publishes long after the checkout answered.

@@ -65,6 +65,28 @@ pub struct Store {
 
 type OrderRow = (Uuid, String, String, i64, Option<i32>, Option<String>, i64);
 
+/// How long a resolver's claim on a row lasts: longer than a resolution
+/// takes (a few calls with their timeouts), short enough that the rows of
+/// an instance that died are taken by another soon.
+pub const CLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The resolver's claim: up to 100 rows of `ordering.orders` that meet
+/// `condition` and that no live claim holds, oldest `order_by` first,
+/// marked claimed for `$<claim_param>` seconds and returned with
+/// `order_id, <columns>`. Rows another transaction has locked (a claim in
+/// progress, a checkout deciding) are skipped, not waited for, so resolvers
+/// of several order instances split the work and never take a row twice.
+fn claim(condition: &str, order_by: &str, columns: &str, claim_param: usize) -> String {
+    format!(
+        "UPDATE ordering.orders SET resolver_claimed_until = now() + make_interval(secs => ${claim_param})
+         WHERE order_id IN (
+             SELECT order_id FROM ordering.orders
+             WHERE {condition} AND (resolver_claimed_until IS NULL OR resolver_claimed_until < now())
+             ORDER BY {order_by} LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING order_id, {columns}"
+    )
+}
+
 const ORDER_COLUMNS: &str = "order_id, customer_id, status, total_cents, failure_code, failure_reason,
      (EXTRACT(EPOCH FROM created_at) * 1000)::bigint";
 
@@ -348,17 +370,20 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Checkouts still pending after `older_than`: interrupted by a crash.
-    /// Each comes with who it is for and the context of its checkout.
+    /// Checkouts still pending after `older_than`: interrupted by a crash;
+    /// claimed for this resolver ([`claim`]). Each comes with who it is for and the context of its checkout.
     pub async fn interrupted(
         &self,
         older_than: std::time::Duration,
     ) -> Result<Vec<(Uuid, Party, StoredContext)>, sqlx::Error> {
-        let rows: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT order_id, customer_id, email, traceparent FROM ordering.orders
-             WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 100",
-        )
+        let rows: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(&claim(
+            "status = 'pending' AND created_at < now() - make_interval(secs => $1)",
+            "created_at",
+            "customer_id, email, traceparent",
+            2,
+        ))
         .bind(older_than.as_secs_f64())
+        .bind(CLAIM_FOR.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -369,17 +394,20 @@ impl Store {
             .collect())
     }
 
-    /// Confirmed orders whose stock commit did not get through.
+    /// Confirmed orders whose stock commit did not get through; claimed
+    /// for this resolver ([`claim`]).
     pub async fn uncommitted(
         &self,
         older_than: std::time::Duration,
     ) -> Result<Vec<(Uuid, StoredContext)>, sqlx::Error> {
-        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT order_id, traceparent FROM ordering.orders
-             WHERE status = 'confirmed' AND NOT stock_committed AND updated_at < now() - make_interval(secs => $1)
-             ORDER BY updated_at LIMIT 100",
-        )
+        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(&claim(
+            "status = 'confirmed' AND NOT stock_committed AND updated_at < now() - make_interval(secs => $1)",
+            "updated_at",
+            "traceparent",
+            2,
+        ))
         .bind(older_than.as_secs_f64())
+        .bind(CLAIM_FOR.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -390,12 +418,16 @@ impl Store {
 
     /// Failed orders whose stock release is due: never confirmed by
     /// inventory, and past their next attempt. Each comes with the context of
-    /// its checkout and the attempts made so far by the repair loop.
+    /// its checkout and the attempts made so far by the repair loop;
+    /// claimed for this resolver ([`claim`]).
     pub async fn releases_due(&self) -> Result<Vec<DueRelease>, sqlx::Error> {
-        let rows: Vec<(Uuid, Option<String>, i32)> = sqlx::query_as(
-            "SELECT order_id, traceparent, release_attempts FROM ordering.orders
-             WHERE stock_release_pending AND release_next_at <= now() ORDER BY release_next_at LIMIT 100",
-        )
+        let rows: Vec<(Uuid, Option<String>, i32)> = sqlx::query_as(&claim(
+            "stock_release_pending AND release_next_at <= now()",
+            "release_next_at",
+            "traceparent, release_attempts",
+            1,
+        ))
+        .bind(CLAIM_FOR.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

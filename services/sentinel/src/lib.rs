@@ -22,6 +22,14 @@
 //! `svc.sentinel.status` answers with all of it (`tracehop status`), and
 //! each consumer's lag is also a metric ([`lag`]).
 //!
+//! Several copies may run (`tracehop up --instances N`): they elect one
+//! through a lease ([`tracehop_messaging::lease`]), and only the leader
+//! watches, alerts and answers `svc.sentinel.status`; the others wait to
+//! take over, which happens within the lease's time to live after the
+//! leader dies (at once when it stops gracefully). A new leader starts its
+//! judgement afresh: an incident that was open is raised again once it
+//! still holds after the down-after period.
+//!
 //! Modules: [`config`], [`watch`] (the per-consumer state machine),
 //! [`dead_letters`] (the max-deliveries advisory), [`lag`] (consumer lag
 //! gauges).
@@ -36,7 +44,7 @@ pub use config::Config;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use tracehop_messaging::{Responder, topology};
+use tracehop_messaging::{Responder, lease, topology};
 use tracehop_proto::subjects;
 use tracehop_proto::v1::{Error as WireError, SentinelStatusReply, SentinelStatusRequest};
 use tracehop_service::Runtime;
@@ -47,14 +55,40 @@ pub const SERVICE: &str = tracehop_messaging::Service::Sentinel.name();
 /// The sentinel's shared view, read by the status responder.
 pub type SharedView = Arc<Mutex<SentinelStatusReply>>;
 
-/// Watches every expected consumer until shutdown.
+/// Campaigns for the sentinel's lease and, while it leads, watches every
+/// expected consumer; until shutdown.
 pub async fn run(config: Config, runtime: Runtime) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(runtime.nats.clone());
-    let view: SharedView = Arc::new(Mutex::new(SentinelStatusReply {
-        deadline_ms: config.deadline.as_millis() as i64,
-        ..Default::default()
-    }));
+    // `tracehop up` creates the bucket with the deployment's replicas; one
+    // replica when it did not run.
+    let store = lease::ensure_bucket(&js, 1).await?;
+    let candidate = lease::Lease::new(store, SERVICE, runtime.instance.clone());
+    let view: SharedView = Arc::new(Mutex::new(empty_view(&config)));
     lag::register(view.clone());
+    while let Some(term) = candidate.campaign(&runtime.shutdown).await {
+        let outcome = lead(config.clone(), runtime.clone(), term.lost(), view.clone()).await;
+        term.resign().await;
+        // A follower reports no lag: the leader does.
+        *view.lock().await = empty_view(&config);
+        outcome?;
+    }
+    Ok(())
+}
+
+fn empty_view(config: &Config) -> SentinelStatusReply {
+    SentinelStatusReply { deadline_ms: config.deadline.as_millis() as i64, ..Default::default() }
+}
+
+/// The sentinel's work for one term as leader: until `term_over` fires
+/// (the lease was lost, or shutdown).
+async fn lead(
+    config: Config,
+    runtime: Runtime,
+    term_over: tokio_util::sync::CancellationToken,
+    view: SharedView,
+) -> anyhow::Result<()> {
+    let runtime = Runtime { shutdown: term_over, ..runtime };
+    let js = async_nats::jetstream::new(runtime.nats.clone());
     let watcher = watch::Watcher::new(js.clone(), runtime.nats.clone(), config.clone(), topology::expected_consumers());
     let responder = Responder::new(runtime.nats.clone(), SERVICE, runtime.shutdown.clone());
     tokio::try_join!(

@@ -5,8 +5,9 @@
 //!
 //! - [`SERVICES`]: every service's name, in start order, from the catalog
 //!   ([`tracehop_messaging::topology::Service`]).
-//! - [`Launcher`]: where the binaries are, where pid files and logs go, and
-//!   the environment every service gets.
+//! - [`Launcher`]: where the binaries are, where pid files and logs go, the
+//!   environment every service gets, and how many copies of each run
+//!   ([`Instance`]: `order` is a service's first copy, `order-2` its second).
 //! - [`prepare`]: what must exist before any service starts (the database,
 //!   its migrations, the streams and durable consumers, the scenario and
 //!   span-pipeline buckets).
@@ -29,13 +30,61 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep};
-pub use tracehop_messaging::topology::{SERVICE_NAMES as SERVICES, Service, Store, StreamReplicas};
+pub use tracehop_messaging::topology::{Instances, SERVICE_NAMES as SERVICES, Service, Store, StreamReplicas};
 
-/// The executable of the service called `service`; a name outside the
-/// catalog gets `tracehop-<name>`, which does not exist.
-pub fn binary_name(service: &str) -> String {
-    Service::from_name(service).map_or_else(|| format!("tracehop-{service}"), |s| s.binary().to_string())
+/// The executable of the process called `name` (a service or one of its
+/// copies, [`Instance`]); a name outside the catalog gets
+/// `tracehop-<name>`, which does not exist.
+pub fn binary_name(name: &str) -> String {
+    Instance::parse(name).map_or_else(|| format!("tracehop-{name}"), |i| i.service.binary().to_string())
 }
+
+/// One process of a service: its first copy is called by the service's
+/// name (`order`), so that a system of one copy each reads as before; the
+/// others `<service>-<n>` (`order-2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    pub service: Service,
+    /// 1 for the first copy.
+    pub number: u16,
+}
+
+impl Instance {
+    /// The first copy of `service`.
+    pub fn first(service: Service) -> Self {
+        Self { service, number: 1 }
+    }
+
+    /// `order` for the first copy, `order-2` for the second.
+    pub fn name(&self) -> String {
+        match self.number {
+            1 => self.service.name().to_string(),
+            n => format!("{}-{n}", self.service.name()),
+        }
+    }
+
+    /// The instance called `name`: a service's name is its first copy.
+    pub fn parse(name: &str) -> Option<Self> {
+        if let Some(service) = Service::from_name(name) {
+            return Some(Self::first(service));
+        }
+        let (service, number) = name.rsplit_once('-')?;
+        let number: u16 = number.parse().ok().filter(|n| *n >= 2)?;
+        Some(Self { service: Service::from_name(service)?, number })
+    }
+}
+
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Most copies of a service `tracehop up --instances` starts.
+pub const MAX_INSTANCES: u16 = 8;
+
+/// The file in the run folder that remembers how many copies `up` started.
+const INSTANCES_FILE: &str = "instances";
 
 /// The folder that holds the workspace's executables, judged from the
 /// running one: `target/<profile>/` for a binary, and also for a test, which
@@ -66,13 +115,70 @@ pub struct Launcher {
     /// Environment variables set for every service, on top of the caller's.
     pub env: Vec<(String, String)>,
     /// Environment variables of one service: (service, name, value), set
-    /// after [`Launcher::env`] (its own `DATABASE_URL`, say).
+    /// after [`Launcher::env`] (its own `DATABASE_URL`, say), for each of
+    /// its copies.
     pub service_env: Vec<(String, String, String)>,
+    /// Copies of each service that may run several ([`Service::instances`]);
+    /// the gateway runs once whatever this says.
+    pub instances: u16,
 }
 
 impl Launcher {
+    /// A launcher of one copy of each service, or of as many as the last
+    /// `up` in `run_dir` started ([`Launcher::remember_instances`]).
     pub fn new(bin_dir: PathBuf, run_dir: PathBuf) -> Self {
-        Self { bin_dir, run_dir, env: Vec::new(), service_env: Vec::new() }
+        let instances = fs::read_to_string(run_dir.join(INSTANCES_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|n| (1..=MAX_INSTANCES).contains(n))
+            .unwrap_or(1);
+        Self { bin_dir, run_dir, env: Vec::new(), service_env: Vec::new(), instances }
+    }
+
+    /// The same launcher, starting `instances` copies of each service that
+    /// may run several (1 to [`MAX_INSTANCES`]).
+    pub fn with_instances(mut self, instances: u16) -> anyhow::Result<Self> {
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            bail!("the number of instances must be 1 to {MAX_INSTANCES}, got {instances}");
+        }
+        self.instances = instances;
+        Ok(self)
+    }
+
+    /// Records the instance count in the run folder, so that `start`,
+    /// `status` and `down` know the copies `up` started.
+    pub fn remember_instances(&self) -> anyhow::Result<()> {
+        fs::create_dir_all(&self.run_dir).with_context(|| format!("failed to create {}", self.run_dir.display()))?;
+        fs::write(self.run_dir.join(INSTANCES_FILE), self.instances.to_string())
+            .context("failed to record the instance count")
+    }
+
+    /// The copies of `service` this launcher runs.
+    pub fn instances_of(&self, service: Service) -> Vec<Instance> {
+        let count = match service.instances() {
+            Instances::Single => 1,
+            Instances::Many | Instances::Leader | Instances::Partitioned => self.instances,
+        };
+        (1..=count).map(|number| Instance { service, number }).collect()
+    }
+
+    /// Every process of the system, in start order: each service's copies
+    /// together, services as in [`SERVICES`].
+    pub fn processes(&self) -> Vec<Instance> {
+        Service::ALL.into_iter().flat_map(|service| self.instances_of(service)).collect()
+    }
+
+    /// The processes `name` stands for: every copy of a service for a
+    /// service's name, one copy for a copy's (`order-2`); an error that
+    /// lists the valid names otherwise.
+    pub fn resolve(&self, name: &str) -> anyhow::Result<Vec<Instance>> {
+        if let Ok(service) = name.parse::<Service>() {
+            return Ok(self.instances_of(service));
+        }
+        match Instance::parse(name) {
+            Some(instance) => Ok(vec![instance]),
+            None => Err(name.parse::<Service>().expect_err("not a service").into()),
+        }
     }
 
     /// Adds an environment variable for `service` only.
@@ -133,7 +239,8 @@ impl Launcher {
         Ok(())
     }
 
-    /// Starts `service` in a process group of its own (so that a Ctrl-C in
+    /// Starts the process `service` (a service or a copy of one,
+    /// [`Instance`]) in a process group of its own (so that a Ctrl-C in
     /// the terminal does not reach it), appending its output to its log
     /// file, and records its pid. The returned child may be dropped: the
     /// process keeps running.
@@ -147,6 +254,15 @@ impl Launcher {
             .append(true)
             .open(self.log_path(service))
             .with_context(|| format!("failed to open the log of {service}"))?;
+        let instance = Instance::parse(service).with_context(|| format!("{service} is no service of the catalog"))?;
+        let owner = instance.service.name();
+        let mut copies: Vec<(String, String)> = vec![("TRACEHOP_INSTANCE".into(), instance.name())];
+        if instance.service.instances() == Instances::Partitioned {
+            // Each copy decides its share of the span feed's partitions.
+            let count = self.instances_of(instance.service).len();
+            copies.push(("KEEPER_INSTANCE".into(), (instance.number - 1).to_string()));
+            copies.push(("KEEPER_INSTANCES".into(), count.to_string()));
+        }
         let binary = self.bin_dir.join(binary_name(service));
         let child = Command::new(&binary)
             // A seed in the caller's environment is the caller's own: each
@@ -157,9 +273,10 @@ impl Launcher {
             .envs(
                 self.service_env
                     .iter()
-                    .filter(|(owner, _, _)| owner == service)
+                    .filter(|(service, _, _)| service == owner)
                     .map(|(_, k, v)| (k.as_str(), v.as_str())),
             )
+            .envs(copies)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -169,6 +286,22 @@ impl Launcher {
         fs::write(self.pid_path(service), child.id().to_string())
             .with_context(|| format!("failed to write the pid file of {service}"))?;
         Ok(child)
+    }
+
+    /// Every process with a live pid file in the run folder, in start
+    /// order, whatever the instance count is now.
+    pub fn running(&self) -> Vec<(Instance, u32)> {
+        let Ok(entries) = fs::read_dir(&self.run_dir) else { return Vec::new() };
+        let mut running: Vec<(Instance, u32)> = entries
+            .filter_map(|entry| {
+                let file = entry.ok()?.file_name().into_string().ok()?;
+                let instance = Instance::parse(file.strip_suffix(".pid")?)?;
+                Some((instance, self.running_pid(&instance.name())?))
+            })
+            .collect();
+        running
+            .sort_by_key(|(instance, _)| (Service::ALL.iter().position(|s| *s == instance.service), instance.number));
+        running
     }
 
     /// The pid of `service` if its pid file names a live process that is
@@ -320,9 +453,10 @@ pub async fn ensure_database_roles(
 /// password), then creates the span feed, the ORDERS stream and every
 /// expected durable consumer, so that events wait for a consumer that has
 /// not started yet, and the key-value buckets of the scenarios and of the
-/// span pipelines' reports. Each store gets the replica count the catalog
-/// gives it for `replicas` ([`Store::replicas`]; `TRACEHOP_STREAM_REPLICAS`,
-/// 3 on a cluster), an existing one is brought to it.
+/// span pipelines' reports and of the leader leases. Each store gets the
+/// replica count the catalog gives it for `replicas` ([`Store::replicas`];
+/// `TRACEHOP_STREAM_REPLICAS`, 3 on a cluster), an existing one is brought
+/// to it.
 pub async fn prepare(
     nats: &async_nats::Client,
     database_url: &str,
@@ -352,6 +486,11 @@ pub async fn prepare(
     tracehop_telemetry::health::create_bucket(&js, Store::PipelineReports.replicas(replicas))
         .await
         .context("failed to create the span pipelines' bucket")?;
+    // The services create it too when it is missing (with one copy); made
+    // here, it has its replicas from the start.
+    js.create_or_update_stream(tracehop_messaging::lease::bucket_stream_config(Store::Leases.replicas(replicas)))
+        .await
+        .context("failed to create the leader leases' bucket")?;
     Ok(())
 }
 
@@ -366,5 +505,41 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_is_named_after_its_service_and_number() {
+        let second = Instance { service: Service::Order, number: 2 };
+        assert_eq!(Instance::first(Service::Order).name(), "order");
+        assert_eq!(second.name(), "order-2");
+        assert_eq!(Instance::parse("order-2"), Some(second));
+        assert_eq!(Instance::parse("order"), Some(Instance::first(Service::Order)));
+        for name in ["order-1", "order-0", "order-x", "orders-2", "-2", "order-", ""] {
+            assert_eq!(Instance::parse(name), None, "{name}");
+        }
+        assert_eq!(binary_name("sentinel-3"), "tracehop-sentinel");
+    }
+
+    #[test]
+    fn the_gateway_runs_once_and_every_other_service_as_often_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = Launcher::new(dir.path().into(), dir.path().join("run")).with_instances(3).unwrap();
+        let processes = launcher.processes();
+        assert_eq!(processes.len(), 3 * (Service::ALL.len() - 1) + 1);
+        assert_eq!(launcher.instances_of(Service::Gateway), [Instance::first(Service::Gateway)]);
+        assert_eq!(launcher.resolve("keeper").unwrap().len(), 3);
+        assert_eq!(launcher.resolve("keeper-3").unwrap(), [Instance { service: Service::Keeper, number: 3 }]);
+        assert!(launcher.resolve("kepeer").unwrap_err().to_string().contains("valid services"));
+        assert!(launcher.clone().with_instances(0).is_err());
+        assert!(launcher.clone().with_instances(MAX_INSTANCES + 1).is_err());
+
+        // `up` remembers the count for `start`, `status` and `down`.
+        launcher.remember_instances().unwrap();
+        assert_eq!(Launcher::new(dir.path().into(), dir.path().join("run")).instances, 3);
     }
 }

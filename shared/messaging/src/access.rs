@@ -144,6 +144,9 @@ impl NatsUser {
             // Progress of a replay goes to the inbox the command named.
             p.publish_allow.push(format!("{}.>", NatsUser::Command.inbox_prefix()));
         }
+        if service.instances() == crate::topology::Instances::Leader {
+            lease(&mut p, service);
+        }
         match service {
             Service::Sentinel => sentinel(&mut p),
             Service::Keeper => keeper(&mut p),
@@ -178,6 +181,21 @@ fn own_durable(p: &mut Permissions, spec: &ConsumerSpec) {
         js_api(&format!("CONSUMER.MSG.NEXT.{stream}.{durable}")),
         format!("$JS.ACK.{stream}.{durable}.>"),
         dead_letter_subject(durable),
+    ]);
+}
+
+/// Campaigning for and renewing its own lease, and nobody else's: the
+/// bucket's stream (created by whoever needs it first), its own key's
+/// value, and direct gets of that key.
+fn lease(p: &mut Permissions, service: Service) {
+    let bucket = crate::lease::BUCKET;
+    let key = format!("$KV.{bucket}.{}", service.name());
+    p.publish_allow.extend([
+        js_api(&format!("STREAM.INFO.KV_{bucket}")),
+        js_api(&format!("STREAM.CREATE.KV_{bucket}")),
+        js_api(&format!("DIRECT.GET.KV_{bucket}.{key}")),
+        js_api(&format!("STREAM.MSG.GET.KV_{bucket}")),
+        key,
     ]);
 }
 

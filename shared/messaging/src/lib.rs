@@ -16,6 +16,8 @@
 //!   durable consumers, replayability, instances) and the streams.
 //! - [`health`]: [`health::judge`], the one judgement of a consumer's health
 //!   from JetStream's state over time, used by the sentinel and `status`.
+//! - [`lease`]: leader leases in a key-value bucket, for a service whose
+//!   copies elect one to act ([`topology::Instances::Leader`]).
 //! - [`dead_letters`]: what a consumer's dead letters are (count, reasons)
 //!   and how they are discarded.
 //! - [`replay`]: [`replay::serve`], a consumer's service replaying the stream
@@ -38,6 +40,7 @@ pub mod consume;
 pub mod dead_letters;
 pub mod headers;
 pub mod health;
+pub mod lease;
 pub mod publish;
 pub mod replay;
 pub mod request;

@@ -36,14 +36,25 @@ pub enum Service {
     Gateway,
 }
 
-/// How many copies of a service may run at once.
+/// How copies of a service share the work when several run (`tracehop up
+/// --instances N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Instances {
-    /// Exactly one: it does work that must happen once (the outbox relay
-    /// and crash resolver of order, the sentinel's alerts).
+    /// Exactly one: the gateway, which owns the HTTP port.
     Single,
-    /// Any number: requests and deliveries are shared among them.
+    /// Any number, sharing the work: request/reply handlers answer in one
+    /// queue group, a durable's deliveries are split among its pullers, and
+    /// what they do alone is guarded in PostgreSQL (the outbox relay takes
+    /// rows `FOR UPDATE SKIP LOCKED`, the crash resolver claims rows with a
+    /// lease column).
     Many,
+    /// Any number, one of which leads through a lease in the key-value
+    /// bucket of [`crate::lease`]; the others wait to take over. For work
+    /// whose every copy would be seen twice (the sentinel's alerts).
+    Leader,
+    /// Any number, each deciding its own share of the span feed's
+    /// partitions (`KEEPER_INSTANCE` of `KEEPER_INSTANCES`).
+    Partitioned,
 }
 
 /// How a service shows that it is ready, beyond answering on its subjects
@@ -215,18 +226,18 @@ impl Service {
         }
     }
 
-    /// Whether it must run once or may run many times.
+    /// How its copies share the work when several run.
     pub const fn instances(self) -> Instances {
         match self {
-            Service::Order | Service::Sentinel => Instances::Single,
+            Service::Gateway => Instances::Single,
+            Service::Sentinel => Instances::Leader,
+            Service::Keeper => Instances::Partitioned,
             Service::Inventory
             | Service::Payment
+            | Service::Order
             | Service::Loyalty
             | Service::Notification
-            | Service::Analytics
-            // Several keepers split the feed by partition (KEEPER_INSTANCES).
-            | Service::Keeper
-            | Service::Gateway => Instances::Many,
+            | Service::Analytics => Instances::Many,
         }
     }
 

@@ -43,6 +43,10 @@ pub struct BaseConfig {
     pub log_filter: String,
     /// `TRACEHOP_SPAN_FEED` (default on): publish spans to the span feed.
     pub span_feed: bool,
+    /// `TRACEHOP_INSTANCE`: which copy of the service this process is
+    /// (`order-2`), set by the launcher when several run; unset: the
+    /// service's name.
+    pub instance: Option<String>,
     /// `TRACEHOP_TAIL_SAMPLING` (default on): the keeper decides, per whole
     /// trace, what reaches `OTEL_EXPORTER_OTLP_ENDPOINT`, and services export
     /// nothing there themselves (so no span arrives twice). Off: each service
@@ -66,6 +70,7 @@ impl BaseConfig {
             log_filter: env_or("RUST_LOG", "info".to_string())?,
             span_feed: env_or("TRACEHOP_SPAN_FEED", true)?,
             tail_sampling: env_or("TRACEHOP_TAIL_SAMPLING", true)?,
+            instance: std::env::var("TRACEHOP_INSTANCE").ok().filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -98,6 +103,9 @@ pub struct Runtime {
     pub nats: async_nats::Client,
     /// Fires on SIGTERM or Ctrl-C: stop taking work, finish what is in hand.
     pub shutdown: CancellationToken,
+    /// Which copy of the service this process is (`TRACEHOP_INSTANCE`, or
+    /// the service's name): a lease holder's name.
+    pub instance: String,
 }
 
 /// Runs a service process from start to flush. `service` is the
@@ -139,8 +147,9 @@ where
             shutdown.cancel();
         }
     });
-    tracing::info!(version, "started");
-    let result = service(Runtime { nats: nats.clone(), shutdown }).await;
+    let instance = base.instance.clone().unwrap_or_else(|| name.to_string());
+    tracing::info!(version, instance, "started");
+    let result = service(Runtime { nats: nats.clone(), shutdown, instance }).await;
     signal.abort();
     match &result {
         Ok(()) => tracing::info!("stopped"),

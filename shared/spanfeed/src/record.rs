@@ -54,6 +54,10 @@ pub struct SpanRecord {
     pub kind: SpanKind,
     /// `service.name` of the resource that produced the span.
     pub service: String,
+    /// `service.instance.id` of that resource: which process (a copy of
+    /// the service, when several run) made the span.
+    #[serde(default)]
+    pub instance: String,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub status: SpanStatus,
@@ -83,13 +87,16 @@ pub fn decode_spans(payload: &[u8]) -> Result<Vec<SpanRecord>, prost::DecodeErro
     let request = ExportTraceServiceRequest::decode(payload)?;
     let mut records = Vec::new();
     for resource_spans in request.resource_spans {
-        let service = resource_spans
-            .resource
-            .as_ref()
-            .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name"))
-            .and_then(|kv| kv.value.as_ref())
-            .map(any_to_string)
-            .unwrap_or_else(|| "unknown".to_string());
+        let resource = |key: &str| {
+            resource_spans
+                .resource
+                .as_ref()
+                .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == key))
+                .and_then(|kv| kv.value.as_ref())
+                .map(any_to_string)
+        };
+        let service = resource("service.name").unwrap_or_else(|| "unknown".to_string());
+        let instance = resource("service.instance.id").unwrap_or_default();
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
                 let (status, status_message) = match span.status {
@@ -105,6 +112,7 @@ pub fn decode_spans(payload: &[u8]) -> Result<Vec<SpanRecord>, prost::DecodeErro
                     name: span.name,
                     kind: kind(span.kind),
                     service: service.clone(),
+                    instance: instance.clone(),
                     start_unix_nano: span.start_time_unix_nano,
                     end_unix_nano: span.end_time_unix_nano,
                     status,

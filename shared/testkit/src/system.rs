@@ -50,25 +50,40 @@ impl TestSystem {
     /// Like [`TestSystem::start_with`], on a database of the caller's (on a
     /// private PostgreSQL server that the test restarts, say).
     pub async fn start_on(db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_on_nats(NatsServer::start().await?, db, env).await
+        Self::start_on_nats(NatsServer::start().await?, db, env, 1).await
+    }
+
+    /// Like [`TestSystem::start_with`], with `instances` copies of each
+    /// service that may run several (`tracehop up --instances`); the
+    /// processes are named as [`tracehop_launcher::Instance`] says
+    /// (`order`, `order-2`).
+    pub async fn start_instances(instances: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on_nats(NatsServer::start().await?, TestDatabase::create().await?, env, instances).await
     }
 }
 
 impl TestSystem<NatsCluster> {
-    /// Like [`TestSystem::start_with`], on a NATS cluster of the caller's:
-    /// every service and the command are given all its nodes, and streams
-    /// and buckets are replicated on all three (`TRACEHOP_STREAM_REPLICAS=3`).
-    pub async fn start_on_cluster(cluster: NatsCluster, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_on_nats(cluster, TestDatabase::create().await?, env).await
+    /// Like [`TestSystem::start_instances`], on a NATS cluster of the
+    /// caller's: every service and the command are given all its nodes, and
+    /// streams and buckets are replicated on all three
+    /// (`TRACEHOP_STREAM_REPLICAS=3`).
+    pub async fn start_on_cluster(cluster: NatsCluster, instances: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on_nats(cluster, TestDatabase::create().await?, env, instances).await
     }
 }
 
 impl<N: TestNats> TestSystem<N> {
     /// The system on the NATS `nats_server` and the database `db`, with
-    /// extra environment variables for every service. Streams and buckets
-    /// get the replica count that suits that NATS, which the services also
-    /// find in `TRACEHOP_STREAM_REPLICAS`.
-    pub async fn start_on_nats(nats_server: N, db: TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// extra environment variables for every service and `instances`
+    /// copies of each that may run several. Streams and buckets get the
+    /// replica count that suits that NATS, which the services also find in
+    /// `TRACEHOP_STREAM_REPLICAS`.
+    pub async fn start_on_nats(
+        nats_server: N,
+        db: TestDatabase,
+        env: &[(&str, &str)],
+        instances: u16,
+    ) -> anyhow::Result<Self> {
         let replicas = nats_server.stream_replicas();
         let nats = nats_server.connect_command().await?;
         let order_js = jetstream::new(nats_server.connect_service(tracehop_messaging::Service::Order).await?);
@@ -86,7 +101,7 @@ impl<N: TestNats> TestSystem<N> {
             .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             .with_env("RUST_LOG", "info");
         // Each service connects as its own database role.
-        launcher = launcher.with_database_roles(&db.url(), |_| None)?;
+        launcher = launcher.with_database_roles(&db.url(), |_| None)?.with_instances(instances)?;
         for (name, value) in env {
             launcher = launcher.with_env(*name, *value);
         }
@@ -103,21 +118,23 @@ impl<N: TestNats> TestSystem<N> {
             run_dir,
             children: Vec::new(),
         };
-        for service in SERVICES {
-            system.start_service(service)?;
+        for process in system.launcher.processes() {
+            system.start_service(&process.name())?;
         }
         system.wait_ready(&SERVICES).await?;
         Ok(system)
     }
 
-    /// Starts one service (again).
+    /// Starts one process (again): a service's first copy by its name,
+    /// another as `order-2`.
     pub fn start_service(&mut self, service: &str) -> anyhow::Result<()> {
         let child = self.launcher.start(service)?;
         self.children.push((service.to_string(), child));
         Ok(())
     }
 
-    /// Kills one service with SIGKILL, as a crash would, and reaps it:
+    /// Kills one process (a service's first copy by its name, another as
+    /// `order-2`) with SIGKILL, as a crash would, and reaps it:
     /// a killed process is gone at once, so the wait is for the kernel only.
     pub fn kill_service(&mut self, service: &str) -> anyhow::Result<()> {
         let Some(pid) = self.launcher.kill_now(service) else { anyhow::bail!("{service} is not running") };
@@ -147,10 +164,12 @@ impl<N: TestNats> TestSystem<N> {
     pub fn logs(&self) -> String {
         let violations = self.nats_server.violations();
         let nats = format!("\n--- nats-server: permission violations ---\n{}", violations.join("\n"));
-        SERVICES
+        self.launcher
+            .processes()
             .iter()
-            .map(|service| {
-                let log = std::fs::read_to_string(self.launcher.log_path(service)).unwrap_or_default();
+            .map(|process| {
+                let service = process.name();
+                let log = std::fs::read_to_string(self.launcher.log_path(&service)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("--- {service} ---\n{}", tail.join("\n"))

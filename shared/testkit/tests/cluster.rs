@@ -248,15 +248,25 @@ async fn checkout(gateway_url: &str, idempotency_key: &str) -> Option<u16> {
     tokio::time::timeout(Duration::from_secs(30), exchange).await.ok().flatten()
 }
 
-/// Retries a checkout with the same key until it is answered with a
-/// decision (below 500), as a careful client does.
-async fn checkout_until_decided(gateway_url: &str, key: &str, timeout: Duration) -> u16 {
+/// Places checkouts, each with a key of its own, until one is confirmed
+/// (201); returns how many were not (a checkout in flight while a node
+/// dies may fail, safely: a payment that timed out fails its order, and
+/// the same key would be answered the same again).
+async fn checkout_until_confirmed(gateway_url: &str, prefix: &str, timeout: Duration) -> Result<usize, String> {
     let deadline = Instant::now() + timeout;
+    let mut answers = Vec::new();
     loop {
-        match checkout(gateway_url, key).await {
-            Some(status) if status < 500 => return status,
-            answer if Instant::now() >= deadline => panic!("checkout {key} got no decision in time (last: {answer:?})"),
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        let key = format!("{prefix}-{}", answers.len() + 1);
+        match checkout(gateway_url, &key).await {
+            Some(201) => return Ok(answers.len()),
+            answer if Instant::now() >= deadline => {
+                answers.push(answer);
+                return Err(format!("no checkout confirmed within {timeout:?}; answers: {answers:?}"));
+            }
+            answer => {
+                answers.push(answer);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     }
 }
@@ -267,31 +277,47 @@ async fn checkout_until_decided(gateway_url: &str, key: &str, timeout: Duration)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_system_runs_on_the_cluster_and_outlives_a_node() {
     let cluster = NatsCluster::start().await.expect("the cluster starts");
-    let mut system = TestSystem::start_on_cluster(cluster, &[]).await.expect("every service gets ready on the cluster");
+    let mut system =
+        TestSystem::start_on_cluster(cluster, 2, &[]).await.expect("every service gets ready on the cluster");
     let info = system.nats_server.wait_caught_up(&system.js, ORDERS_STREAM, Duration::from_secs(20)).await.unwrap();
     assert_eq!(info.config.num_replicas, 3);
 
-    assert_eq!(checkout_until_decided(&system.gateway_url, "cluster-1", Duration::from_secs(30)).await, 201);
+    let confirmed = checkout_until_confirmed(&system.gateway_url, "before", Duration::from_secs(30)).await;
+    let failed = confirmed.unwrap_or_else(|error| panic!("{error}; logs:\n{}", system.logs()));
+    assert_eq!(failed, 0, "a checkout failed with every node up");
     wait_consumed(&system, 1).await;
 
     let leader = system.nats_server.leader_of(&system.js, ORDERS_STREAM).await.unwrap().expect("ORDERS has a leader");
     system.nats_server.kill(leader);
     let killed_at = Instant::now();
-    assert_eq!(checkout_until_decided(&system.gateway_url, "cluster-2", Duration::from_secs(60)).await, 201);
-    println!("a checkout confirmed {:?} after the ORDERS leader was killed", killed_at.elapsed());
+    let confirmed = checkout_until_confirmed(&system.gateway_url, "after", Duration::from_secs(60)).await;
+    let failed = confirmed.unwrap_or_else(|error| panic!("{error}; logs:\n{}", system.logs()));
+    println!(
+        "a checkout confirmed {:?} after the ORDERS leader was killed ({failed} failed first)",
+        killed_at.elapsed()
+    );
     wait_consumed(&system, 2).await;
     system.nats_server.restart(leader).await.unwrap();
     system.nats_server.wait_caught_up(&system.js, ORDERS_STREAM, Duration::from_secs(30)).await.unwrap();
     system.wait_ready(&tracehop_launcher::SERVICES).await.unwrap();
 }
 
-/// Waits until ORDERS holds `events` events and every expected durable has
-/// acknowledged all of them.
-async fn wait_consumed(system: &TestSystem<NatsCluster>, events: u64) {
+/// Waits until ORDERS holds one event per decided order in the database
+/// (confirmed or failed; at least `at_least`), none twice and none missing,
+/// and every expected durable has acknowledged all of them.
+async fn wait_consumed(system: &TestSystem<NatsCluster>, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        let decided: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ordering.orders WHERE status IN ('confirmed', 'failed')")
+                .fetch_one(&system.db.pool)
+                .await
+                .unwrap();
         let mut done = match system.js.get_stream(ORDERS_STREAM).await {
-            Ok(stream) => stream.cached_info().state.messages == events,
+            Ok(stream) => {
+                let events = stream.cached_info().state.messages;
+                events >= at_least && events == decided as u64
+            }
             Err(_) => false,
         };
         for spec in tracehop_messaging::topology::expected_consumers() {
@@ -307,7 +333,7 @@ async fn wait_consumed(system: &TestSystem<NatsCluster>, events: u64) {
         if done {
             return;
         }
-        assert!(Instant::now() < deadline, "the consumers did not process {events} events in time:\n{}", system.logs());
+        assert!(Instant::now() < deadline, "the events of {decided} orders were not all consumed:\n{}", system.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
