@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use tracehop_testkit::TestSystem;
+use tracehop_testkit::{TestNats, TestSystem};
 
 use super::{CARD_DECLINED, CARD_OK};
 
@@ -104,7 +104,7 @@ pub(crate) async fn place(http: &reqwest::Client, gateway: &str, n: usize, tally
 }
 
 /// Stock per SKU as seeded: on hand + reserved + sold.
-pub(crate) async fn stock(system: &TestSystem) -> Vec<(String, i64)> {
+pub(crate) async fn stock(system: &TestSystem<impl TestNats>) -> Vec<(String, i64)> {
     sqlx::query_as("SELECT sku, (on_hand + reserved + sold)::bigint FROM inventory.products ORDER BY sku")
         .fetch_all(&system.db.pool)
         .await
@@ -116,7 +116,7 @@ pub(crate) async fn stock(system: &TestSystem) -> Vec<(String, i64)> {
 /// its client was told, each effect exactly once, no failed order charged,
 /// one event per decided order in the stream, stock conserved.
 pub(crate) async fn verify(
-    system: &TestSystem,
+    system: &TestSystem<impl TestNats>,
     tally: &Tally,
     seeded: &[(String, i64)],
     min_orders: usize,
@@ -218,7 +218,7 @@ pub(crate) async fn verify(
 /// Waits until no order is pending, the outbox is drained, no consumer has
 /// anything pending or unacknowledged and no stock is reserved; returns how
 /// long that took.
-pub(crate) async fn wait_for_quiet(system: &TestSystem) -> Duration {
+pub(crate) async fn wait_for_quiet(system: &TestSystem<impl TestNats>) -> Duration {
     let started = Instant::now();
     let quiet_sql = "SELECT (SELECT COUNT(*) FROM ordering.orders WHERE status = 'pending')
         + (SELECT COUNT(*) FROM ordering.outbox WHERE published_at IS NULL)

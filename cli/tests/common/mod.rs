@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tracehop_spanfeed::{SpanKind, SpanRecord, wait_for_settled_trace, wait_for_trace};
-use tracehop_testkit::TestSystem;
+use tracehop_testkit::{TestNats, TestSystem};
 
 pub(crate) const CARD_OK: &str = "4242424242424242";
 pub(crate) const CARD_DECLINED: &str = "4000000000000002";
 pub(crate) const EMAIL: &str = "carol.customer@example.com";
 
 pub(crate) async fn post_order(
-    system: &TestSystem,
+    system: &TestSystem<impl TestNats>,
     body: Value,
     traceparent: Option<&str>,
 ) -> (u16, Value, Option<String>) {
@@ -39,7 +39,12 @@ pub(crate) fn order_body(customer: &str, items: &[(&str, i64)], card: &str) -> V
 }
 
 /// Polls `query` (one i64) until it equals `expected` or 20 s pass.
-pub(crate) async fn eventually(system: &TestSystem, query: &str, order_id: uuid::Uuid, expected: i64) -> i64 {
+pub(crate) async fn eventually(
+    system: &TestSystem<impl TestNats>,
+    query: &str,
+    order_id: uuid::Uuid,
+    expected: i64,
+) -> i64 {
     let mut value = -1;
     for _ in 0..200 {
         value = sqlx::query_scalar(query).bind(order_id).fetch_one(&system.db.pool).await.unwrap();
@@ -54,7 +59,7 @@ pub(crate) async fn eventually(system: &TestSystem, query: &str, order_id: uuid:
 /// Waits until `done` holds for the trace, then until it has not grown for a
 /// second (services export in batches, each on its own clock).
 pub(crate) async fn read_trace(
-    system: &TestSystem,
+    system: &TestSystem<impl TestNats>,
     trace_id: &str,
     done: impl FnMut(&[SpanRecord]) -> bool,
 ) -> Vec<SpanRecord> {
@@ -106,7 +111,11 @@ pub(crate) fn assert_no_secrets(spans: &[SpanRecord]) {
 
 /// Polls `query` (no parameters, one i64) until `done` holds or 30 s pass;
 /// returns the last value.
-pub(crate) async fn eventually_value(system: &TestSystem, query: &str, done: impl Fn(i64) -> bool) -> i64 {
+pub(crate) async fn eventually_value(
+    system: &TestSystem<impl TestNats>,
+    query: &str,
+    done: impl Fn(i64) -> bool,
+) -> i64 {
     let mut value = i64::MIN;
     for _ in 0..300 {
         value = sqlx::query_scalar(query).fetch_one(&system.db.pool).await.unwrap();
@@ -119,14 +128,14 @@ pub(crate) async fn eventually_value(system: &TestSystem, query: &str, done: imp
 }
 
 /// One i64 from `query` (no parameters).
-pub(crate) async fn scalar(system: &TestSystem, query: &str) -> i64 {
+pub(crate) async fn scalar(system: &TestSystem<impl TestNats>, query: &str) -> i64 {
     sqlx::query_scalar(query).fetch_one(&system.db.pool).await.unwrap()
 }
 
 /// Places an order for `sku` while a real row lock on its product is held
 /// for `hold` (as a long batch job would), so that the checkout is slow in
 /// PostgreSQL, not by a sleep; returns the gateway's answer.
-pub(crate) async fn slow_checkout(system: &TestSystem, sku: &str, hold: Duration) -> Value {
+pub(crate) async fn slow_checkout(system: &TestSystem<impl TestNats>, sku: &str, hold: Duration) -> Value {
     use sqlx::Connection as _;
     let mut batch_job = sqlx::PgConnection::connect(&system.db.url()).await.unwrap();
     sqlx::query("BEGIN").execute(&mut batch_job).await.unwrap();
