@@ -15,14 +15,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     for (process, _) in launcher.running().into_iter().rev() {
         let process = process.name();
         if launcher.stop(&process, StopMode::Graceful(Duration::from_secs(15))).await? {
-            println!("  {process:<13} stopped");
+            println!("  {process:<15} stopped");
             stopped += 1;
         }
     }
     if let Some(own) = &settings.own_nats
         && own.stop(Duration::from_secs(15)).await
     {
-        println!("  {:<13} stopped", "nats-server");
+        println!("  {:<15} stopped", "nats-server");
         stopped += 1;
     }
     if stopped == 0 {

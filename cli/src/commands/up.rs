@@ -60,8 +60,8 @@ pub async fn bring_up(settings: &Settings, instances: u16) -> anyhow::Result<()>
     launcher.remember_instances()?;
     if let Some(own) = &settings.own_nats {
         match own.start().await? {
-            (pid, true) => println!("  {:<13} started (pid {pid}) on {}", "nats-server", own.url()),
-            (pid, false) => println!("  {:<13} already running (pid {pid})", "nats-server"),
+            (pid, true) => println!("  {:<15} started (pid {pid}) on {}", "nats-server", own.url()),
+            (pid, false) => println!("  {:<15} already running (pid {pid})", "nats-server"),
         }
     }
     let nats = super::connect_nats(settings).await?;
@@ -69,10 +69,10 @@ pub async fn bring_up(settings: &Settings, instances: u16) -> anyhow::Result<()>
     for process in launcher.processes() {
         let name = process.name();
         match launcher.running_pid(&name) {
-            Some(pid) => println!("  {name:<13} already running (pid {pid})"),
+            Some(pid) => println!("  {name:<15} already running (pid {pid})"),
             None => {
                 let child = launcher.start(&name)?;
-                println!("  {name:<13} started (pid {})", child.id());
+                println!("  {name:<15} started (pid {})", child.id());
             }
         }
     }
