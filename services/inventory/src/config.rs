@@ -6,7 +6,7 @@ use tracehop_service::{BaseConfig, env_or};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub base: BaseConfig,
-    /// `INVENTORY_DB_CONNECTIONS` (24): the pool size. A reservation that
+    /// `INVENTORY_DB_CONNECTIONS` (24, shared among copies: [`BaseConfig::pool_share`]): the pool size. A reservation that
     /// waits on a lock (the scenario `slow-inventory`) holds its connection
     /// while it waits, so this bounds how many rare slow ones the fast ones
     /// can live beside before the pool runs dry.
@@ -16,6 +16,7 @@ pub struct Config {
 impl Config {
     /// Reads the configuration; defaults work on a developer machine.
     pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self { base: BaseConfig::from_env()?, max_connections: env_or("INVENTORY_DB_CONNECTIONS", 24)? })
+        let base = BaseConfig::from_env()?;
+        Ok(Self { base: base.clone(), max_connections: env_or("INVENTORY_DB_CONNECTIONS", base.pool_share(24))? })
     }
 }

@@ -19,7 +19,7 @@ pub struct Config {
     /// `ORDER_OUTBOX_POLL_MS`: how often the relay looks for events it was
     /// not told about (written by another instance, or left by a crash).
     pub outbox_poll_interval: Duration,
-    /// `ORDER_DB_CONNECTIONS`: the pool size.
+    /// `ORDER_DB_CONNECTIONS` (10, shared among copies: [`BaseConfig::pool_share`]): the pool size.
     pub max_connections: u32,
     /// `ORDER_BREAKER_FAILURES`: payment failures in a row that open the breaker.
     pub breaker_failures: u32,
@@ -36,13 +36,14 @@ pub struct Config {
 impl Config {
     /// Reads the configuration; defaults work on a developer machine.
     pub fn from_env() -> anyhow::Result<Self> {
+        let base = BaseConfig::from_env()?;
         Ok(Self {
-            base: BaseConfig::from_env()?,
+            base: base.clone(),
             inventory_timeout: env_millis("ORDER_INVENTORY_TIMEOUT_MS", Duration::from_secs(4))?,
             inventory_attempts: env_or::<u32>("ORDER_INVENTORY_ATTEMPTS", 3)?.max(1),
             payment_timeout: env_millis("ORDER_PAYMENT_TIMEOUT_MS", Duration::from_secs(3))?,
             outbox_poll_interval: env_millis("ORDER_OUTBOX_POLL_MS", Duration::from_millis(500))?,
-            max_connections: env_or("ORDER_DB_CONNECTIONS", 10)?,
+            max_connections: env_or("ORDER_DB_CONNECTIONS", base.pool_share(10))?,
             breaker_failures: env_or("ORDER_BREAKER_FAILURES", 5)?,
             breaker_open_for: env_millis("ORDER_BREAKER_OPEN_MS", Duration::from_secs(10))?,
             resolver_interval: env_millis("ORDER_RESOLVER_INTERVAL_MS", Duration::from_secs(5))?,

@@ -256,10 +256,11 @@ impl Launcher {
             .with_context(|| format!("failed to open the log of {service}"))?;
         let instance = Instance::parse(service).with_context(|| format!("{service} is no service of the catalog"))?;
         let owner = instance.service.name();
-        let mut copies: Vec<(String, String)> = vec![("TRACEHOP_INSTANCE".into(), instance.name())];
+        let count = self.instances_of(instance.service).len();
+        let mut copies: Vec<(String, String)> =
+            vec![("TRACEHOP_INSTANCE".into(), instance.name()), ("TRACEHOP_INSTANCES".into(), count.to_string())];
         if instance.service.instances() == Instances::Partitioned {
             // Each copy decides its share of the span feed's partitions.
-            let count = self.instances_of(instance.service).len();
             copies.push(("KEEPER_INSTANCE".into(), (instance.number - 1).to_string()));
             copies.push(("KEEPER_INSTANCES".into(), count.to_string()));
         }

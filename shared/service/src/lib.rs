@@ -47,6 +47,10 @@ pub struct BaseConfig {
     /// (`order-2`), set by the launcher when several run; unset: the
     /// service's name.
     pub instance: Option<String>,
+    /// `TRACEHOP_INSTANCES` (1): how many copies of this service run, set
+    /// by the launcher; a pool sized for the whole service is shared among
+    /// them ([`BaseConfig::pool_share`]).
+    pub copies: u32,
     /// `TRACEHOP_TAIL_SAMPLING` (default on): the keeper decides, per whole
     /// trace, what reaches `OTEL_EXPORTER_OTLP_ENDPOINT`, and services export
     /// nothing there themselves (so no span arrives twice). Off: each service
@@ -71,7 +75,18 @@ impl BaseConfig {
             span_feed: env_or("TRACEHOP_SPAN_FEED", true)?,
             tail_sampling: env_or("TRACEHOP_TAIL_SAMPLING", true)?,
             instance: std::env::var("TRACEHOP_INSTANCE").ok().filter(|v| !v.trim().is_empty()),
+            copies: env_or("TRACEHOP_INSTANCES", 1u32)?.max(1),
         })
+    }
+}
+
+impl BaseConfig {
+    /// This copy's share of a database pool of `total` connections for the
+    /// whole service (at least 2): N copies then hold what one did, and
+    /// PostgreSQL's `max_connections` (100 by default) is not exceeded by
+    /// starting more of them.
+    pub fn pool_share(&self, total: u32) -> u32 {
+        total.div_ceil(self.copies).max(2)
     }
 }
 
