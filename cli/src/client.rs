@@ -171,4 +171,13 @@ mod tests {
         assert_eq!(dollars(8900), "$89.00");
         assert_eq!(dollars(905), "$9.05");
     }
+
+    #[test]
+    fn the_catalog_is_what_the_migration_seeds() {
+        let seed = include_str!("../../migrations/20261127000001_inventory.sql");
+        for (sku, name) in CATALOG {
+            assert!(seed.contains(&format!("('{sku}',")) && seed.contains(&format!("'{name}'")), "{sku} {name}");
+        }
+        assert_eq!(seed.matches("('").count() - seed.matches("IN ('").count(), CATALOG.len(), "a SKU is missing");
+    }
 }

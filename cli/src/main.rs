@@ -191,8 +191,9 @@ enum Command {
         #[arg(long, default_value = tracehop::console::DEFAULT_ADDR)]
         addr: std::net::SocketAddr,
         /// The token every request must carry (made and printed when the address is not a
-        /// loopback one and none is given); at least 16 characters.
-        #[arg(long, env = "TRACEHOP_CONSOLE_TOKEN", hide_env_values = true)]
+        /// loopback one and none is given); at least 16 characters. Also TRACEHOP_CONSOLE_TOKEN,
+        /// which keeps it out of the process list.
+        #[arg(long)]
         token: Option<String>,
     },
     /// The live scenarios: list them, switch a fault on or off, apply or remove its fix.

@@ -78,6 +78,9 @@ pub struct Settings {
     /// `TRACEHOP_KEPT_MAX_AGE_HOURS`: what the span feed (memory) and the
     /// kept-traces store (disk) may hold; `up` and `prepare` apply them.
     pub limits: Limits,
+    /// `TRACEHOP_CONSOLE_TOKEN`: the token `tracehop console` requires
+    /// (`--token` wins).
+    pub console_token: Option<String>,
 }
 
 impl Settings {
@@ -122,6 +125,7 @@ impl Settings {
             home,
             smtp: std::env::var("SMTP_URL").is_ok_and(|url| !url.trim().is_empty()),
             limits,
+            console_token: std::env::var("TRACEHOP_CONSOLE_TOKEN").ok().filter(|value| !value.trim().is_empty()),
         })
     }
 

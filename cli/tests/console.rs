@@ -145,13 +145,17 @@ async fn start_console(
 
 /// Runs `script` (which returns a boolean) until it is true.
 async fn until(client: &Client, what: &str, script: &str) {
+    until_within(client, what, script, PATIENCE).await;
+}
+
+async fn until_within(client: &Client, what: &str, script: &str, patience: Duration) {
     let started = Instant::now();
     loop {
         let value = client.execute(script, Vec::new()).await.unwrap_or(Value::Null);
         if value == Value::Bool(true) {
             return;
         }
-        if started.elapsed() > PATIENCE {
+        if started.elapsed() > patience {
             let text = client.execute("return document.body.innerText", Vec::new()).await.unwrap_or(Value::Null);
             panic!("the page never showed {what}; it shows:\n{}", text.as_str().unwrap_or_default());
         }
@@ -179,8 +183,16 @@ async fn screenshot(client: &Client, name: &str) {
     client.set_window_size(1280, 900).await.unwrap();
 }
 
-/// Places an order from the form; returns its trace's address.
-async fn place_from_page(client: &Client, base: &str, premium: bool, skus: &[(&str, u32)]) -> String {
+/// Places an order from the form, paid with the test card `card`, which
+/// must come out `outcome`; returns its trace's address.
+async fn order_from_page(
+    client: &Client,
+    base: &str,
+    premium: bool,
+    skus: &[(&str, u32)],
+    card: &str,
+    outcome: &str,
+) -> String {
     client.goto(&format!("{base}/order")).await.unwrap();
     let selects = client.find_all(Locator::Css("select[name=sku]")).await.unwrap();
     let quantities = client.find_all(Locator::Css("input[name=quantity]")).await.unwrap();
@@ -195,17 +207,24 @@ async fn place_from_page(client: &Client, base: &str, premium: bool, skus: &[(&s
     if premium {
         client.find(Locator::Css("input[name=premium]")).await.unwrap().click().await.unwrap();
     }
+    client.find(Locator::Css("select[name=card]")).await.unwrap().select_by_value(card).await.unwrap();
     client.find(Locator::Css("#place-order")).await.unwrap().click().await.unwrap();
     until(client, "the gateway's answer", "return !!document.querySelector('#order-result [data-outcome]')").await;
-    let outcome = client.find(Locator::Css("#order-result [data-outcome]")).await.unwrap();
-    assert_eq!(
-        outcome.attr("data-outcome").await.unwrap().as_deref(),
-        Some("confirmed"),
-        "{}",
-        outcome.text().await.unwrap()
-    );
+    let answer = client.find(Locator::Css("#order-result [data-outcome]")).await.unwrap();
+    let shown = answer.attr("data-outcome").await.unwrap();
+    assert_eq!(shown.as_deref(), Some(outcome), "{}", answer.text().await.unwrap());
     let link = client.find(Locator::Css("#order-result a.trace-link")).await.unwrap();
     link.attr("href").await.unwrap().expect("a link to the trace")
+}
+
+/// Clicks `change` on `scenario`'s card and waits until it says `state`.
+async fn flip_from_page(client: &Client, base: &str, scenario: &str, change: &str, state: &str) {
+    client.goto(&format!("{base}/scenarios")).await.unwrap();
+    let card = format!("article[data-scenario=\"{scenario}\"]");
+    let button = client.find(Locator::Css(&format!("{card} button[data-change={change}]"))).await.unwrap();
+    button.click().await.unwrap();
+    let script = format!("return document.querySelector('{card}').dataset.state === '{state}'");
+    until(client, &format!("{scenario} {state}"), &script).await;
 }
 
 /// Waits until the trace page has drawn a settled trace holding spans of
@@ -226,14 +245,16 @@ async fn trace_drawn(client: &Client, services: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts_live() {
-    let mut system = TestSystem::start().await.unwrap();
+    // A short deadline, so that the sentinel's missed-by spans come soon.
+    let mut system = TestSystem::start_with(&[("SENTINEL_DEADLINE_MS", "2000")]).await.unwrap();
     let (base, _stop) =
         start_console(system.nats.clone(), system.launcher.clone(), system.gateway_url.clone(), None).await;
     let browser = Browser::start().await;
     let client = browser.client();
 
     // An order placed from the page, and its trace drawn.
-    let trace_href = place_from_page(client, &base, false, &[("KB-001", 2), ("CB-004", 1)]).await;
+    let trace_href =
+        order_from_page(client, &base, false, &[("KB-001", 2), ("CB-004", 1)], "approved", "confirmed").await;
     let page = client.source().await.unwrap();
     for secret in [CARD_OK, "4242 4242", "@example.com"] {
         assert!(!page.contains(secret), "the order page shows {secret:?}");
@@ -261,22 +282,20 @@ async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts
     assert!(attributes.contains("http.response.status_code") && attributes.contains("201"), "{attributes}");
     screenshot(client, "trace").await;
 
+    // A declined card: the calls that were declined are marked failed.
+    let trace_href = order_from_page(client, &base, false, &[("CB-004", 1)], "declined", "failed").await;
+    assert!(text_of(client, "#order-result").await.contains("payment_declined"));
+    client.goto(&format!("{base}{trace_href}")).await.unwrap();
+    trace_drawn(client, &["gateway", "order", "payment"]).await;
+    let failed = client.find_all(Locator::Css("#waterfall details.failed > summary")).await.unwrap();
+    assert!(!failed.is_empty(), "no span marked failed");
+    for row in failed {
+        assert!(row.text().await.unwrap().contains("payment_declined"), "a failure says what failed");
+    }
+
     // A scenario switched on from the page: in the list, in the bucket (as
     // flipped from the console), and in the next trace.
-    client.goto(&format!("{base}/scenarios")).await.unwrap();
-    client
-        .find(Locator::Css("article[data-scenario=loyalty-n-plus-one] button[data-change=on]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        client,
-        "loyalty-n-plus-one on",
-        "return document.querySelector('article[data-scenario=\"loyalty-n-plus-one\"]').dataset.state === 'ON'",
-    )
-    .await;
+    flip_from_page(client, &base, "loyalty-n-plus-one", "on", "ON").await;
     assert!(
         text_of(client, "article[data-scenario=loyalty-n-plus-one]").await.contains("last flipped by console test")
     );
@@ -286,7 +305,8 @@ async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts
     screenshot(client, "scenarios").await;
     // Services see a flip within a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let trace_href = place_from_page(client, &base, true, &[("KB-001", 1), ("MS-002", 1), ("HS-005", 1)]).await;
+    let premium = [("KB-001", 1), ("MS-002", 1), ("HS-005", 1)];
+    let trace_href = order_from_page(client, &base, true, &premium, "approved", "confirmed").await;
     client.goto(&format!("{base}{trace_href}")).await.unwrap();
     trace_drawn(client, &["gateway", "loyalty"]).await;
     until(
@@ -295,20 +315,7 @@ async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts
         "return !!document.querySelector('.trace-head [data-scenario=\"loyalty-n-plus-one\"]')",
     )
     .await;
-    client.goto(&format!("{base}/scenarios")).await.unwrap();
-    client
-        .find(Locator::Css("article[data-scenario=loyalty-n-plus-one] button[data-change=off]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        client,
-        "loyalty-n-plus-one off",
-        "return document.querySelector('article[data-scenario=\"loyalty-n-plus-one\"]').dataset.state === 'off'",
-    )
-    .await;
+    flip_from_page(client, &base, "loyalty-n-plus-one", "off", "off").await;
 
     // The slowest checkouts, each a link to its trace.
     client.goto(&format!("{base}/slowest?since=15m")).await.unwrap();
@@ -323,12 +330,14 @@ async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts
         input.clear().await.unwrap();
         input.send_keys(value).await.unwrap();
     };
-    set("rate", "20").await;
-    set("seconds", "3").await;
+    set("rate", "10").await;
+    set("seconds", "2").await;
     client.find(Locator::Css("#start-load")).await.unwrap().click().await.unwrap();
-    until(client, "the run finished", "return !!document.querySelector('[data-load=finished]')").await;
+    // The run, then the drain of the consumers (up to a minute).
+    let finished = "return !!document.querySelector('[data-load=finished]')";
+    until_within(client, "the run finished", finished, Duration::from_secs(90)).await;
     let report = text_of(client, "[data-load=finished]").await;
-    assert!(report.contains("load: 60 checkouts at 20/s"), "{report}");
+    assert!(report.contains("load: 20 checkouts at 10/s"), "{report}");
     assert!(report.contains("201 confirmed"), "{report}");
     screenshot(client, "load").await;
     set("rate", "10").await;
@@ -336,7 +345,7 @@ async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts
     client.find(Locator::Css("#start-load")).await.unwrap().click().await.unwrap();
     until(client, "the run going", "return !!document.querySelector('[data-load=running]')").await;
     client.find(Locator::Css("#stop-load")).await.unwrap().click().await.unwrap();
-    until(client, "the run stopped", "return !!document.querySelector('[data-load=finished]')").await;
+    until_within(client, "the run stopped", finished, Duration::from_secs(90)).await;
     let report = text_of(client, "[data-load=finished]").await;
     assert!(report.contains("stopped early"), "{report}");
 
@@ -361,7 +370,28 @@ async fn the_console_places_orders_flips_scenarios_draws_traces_and_shows_alerts
     assert_eq!(client.execute("return window.notReloaded === true", Vec::new()).await.unwrap(), Value::Bool(true));
     assert!(text_of(client, "#live-consumers").await.contains("down"));
     screenshot(client, "live").await;
+
+    // An order analytics misses: its trace gets the sentinel's span, marked.
+    let trace_href = order_from_page(client, &base, false, &[("MS-002", 1)], "approved", "confirmed").await;
+    let started = Instant::now();
+    loop {
+        client.goto(&format!("{base}{trace_href}")).await.unwrap();
+        trace_drawn(client, &["gateway", "loyalty"]).await;
+        if !client.find_all(Locator::Css("#waterfall details.missed[data-service=sentinel]")).await.unwrap().is_empty()
+        {
+            break;
+        }
+        // Drawn complete before the sentinel's span came: look again.
+        assert!(started.elapsed() < PATIENCE, "no missed-by span in the trace");
+    }
+    let missed = text_of(client, "#waterfall details.missed > summary").await;
+    assert!(missed.contains("missed by analytics"), "{missed}");
+    assert!(text_of(client, "#explain").await.contains("missed by a consumer"));
+    screenshot(client, "trace-missed").await;
+    client.goto(&format!("{base}/")).await.unwrap();
+    client.execute("window.notReloaded = true", Vec::new()).await.unwrap();
     system.start_service("analytics").unwrap();
+    system.wait_ready(&["analytics"]).await.unwrap();
     until(
         client,
         "analytics recovered",

@@ -12,7 +12,8 @@ use crate::console::{self, Config};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, addr: SocketAddr, token: Option<String>) -> anyhow::Result<ExitCode> {
-    let token = match token.filter(|t| !t.trim().is_empty()) {
+    let token = token.filter(|t| !t.trim().is_empty()).or_else(|| settings.console_token.clone());
+    let token = match token {
         Some(token) if token.len() < 16 => anyhow::bail!("a console token must be at least 16 characters"),
         Some(token) => Some(token),
         None if console::needs_token(&addr) => Some(console::new_token()),

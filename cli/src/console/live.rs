@@ -32,8 +32,10 @@ use crate::commands::status::{self, AlertStatus};
 
 /// The window of the live checkout figures.
 pub(super) const WINDOW: Duration = Duration::from_secs(60);
-/// How often the checkout figures and the status are refreshed.
+/// How often the status is read again, and a broken subscription retried.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How often the checkout figures are drawn again.
+const REDRAW: Duration = Duration::from_millis(500);
 /// Alerts the log keeps.
 const ALERT_LOG: usize = 50;
 
@@ -161,13 +163,10 @@ async fn checkouts(js: jetstream::Context, sections: Sections) {
         }
     };
     render();
-    let ticker = {
-        let render = render.clone();
-        async move {
-            loop {
-                tokio::time::sleep(REFRESH).await;
-                render();
-            }
+    let ticker = async move {
+        loop {
+            tokio::time::sleep(REDRAW).await;
+            render();
         }
     };
     let follow = async {
@@ -175,10 +174,11 @@ async fn checkouts(js: jetstream::Context, sections: Sections) {
             match tracehop_spanfeed::watch(&js, Some(analysis::GATEWAY)).await {
                 Ok(spans) => {
                     futures::pin_mut!(spans);
+                    // Drawn by the ticker: under load, once per span would
+                    // sort the whole minute hundreds of times a second.
                     while let Some(span) = spans.next().await {
                         if let Ok(span) = span {
                             window.lock().expect("window lock").add(&span);
-                            render();
                         }
                     }
                 }

@@ -157,9 +157,8 @@ fn chart(recent: &[Checkout], now_unix_nano: u64, window_secs: u64) -> String {
     let (width, height) = (600.0, 90.0);
     let bar = width / window as f64;
     let mut out = format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {width} {}\" preserveAspectRatio=\"none\" role=\"img\" \
-         aria-label=\"checkouts per second over the last minute\">",
-        height + 14.0
+        "<svg class=\"chart\" viewBox=\"0 0 {width} {height}\" preserveAspectRatio=\"none\" role=\"img\" \
+         aria-label=\"checkouts per second over the last minute\">"
     );
     for slot in 0..window {
         let x = slot as f64 * bar;
@@ -184,10 +183,9 @@ fn chart(recent: &[Checkout], now_unix_nano: u64, window_secs: u64) -> String {
     }
     let _ = write!(
         out,
-        "<line x1=\"0\" y1=\"{height}\" x2=\"{width}\" y2=\"{height}\"/>\
-         <text x=\"0\" y=\"{}\">-{window}s</text><text x=\"{width}\" y=\"{}\" text-anchor=\"end\">now · max {top}/s</text></svg>",
-        height + 12.0,
-        height + 12.0
+        "<line x1=\"0\" y1=\"{height}\" x2=\"{width}\" y2=\"{height}\"/></svg>\
+         <div class=\"chart-axis\"><span>{window} s ago</span><span>checkouts per second, errors in red; \
+         the highest bar: {top}</span><span>now</span></div>"
     );
     out
 }
@@ -565,7 +563,7 @@ pub fn waterfall(spans: &[SpanRecord], found_in: &str) -> String {
              <span class=\"name\" style=\"padding-left:{indent}em\">{mark}{link_mark}{detached}{name}</span>\
              <span class=\"num\">{took} ms</span>\
              <span class=\"track\"><span class=\"bar {svc_class}\" style=\"left:{left:.3}%;width:{width:.3}%\"></span>\
-             <span class=\"note\" style=\"left:{note_left:.3}%\">{note}</span></span></summary>",
+             <span class=\"note\" style=\"{note_at}\">{note}</span></span></summary>",
             span_id = text(&span.span_id),
             links = text(&links.join(" ")),
             service = text(&span.service),
@@ -573,7 +571,12 @@ pub fn waterfall(spans: &[SpanRecord], found_in: &str) -> String {
             indent = row.depth() as f64 * 0.9,
             name = text(&span.name),
             took = render::ms(span.duration_nanos()),
-            note_left = (left + width).min(100.0),
+            // Right of the bar, or left of it when the bar ends far right.
+            note_at = if left + width > 60.0 {
+                format!("right:{:.3}%;padding-right:6px", 100.0 - left)
+            } else {
+                format!("left:{:.3}%;padding-left:6px", left + width)
+            },
         );
         out.push_str(&attributes_table(span, first));
         out.push_str("</details>");
@@ -978,7 +981,7 @@ mod tests {
         let html = checkouts(&recent, now, 60);
         assert!(html.contains("<b>0.1/s</b>"), "{html}");
         assert!(html.contains("<b>20.0 ms</b><span>p50"), "{html}");
-        assert!(html.contains("<b>900 ms</b><span>p99"), "{html}");
+        assert!(html.contains("<b>900.0 ms</b><span>p99"), "{html}");
         assert!(html.contains("stat bad\"><b>1</b><span>errors"), "{html}");
         assert_eq!(html.matches("class=\"err\"").count(), 1);
     }

@@ -91,11 +91,12 @@
       d.dataset.links.split(" ").filter(Boolean).forEach((producer) => {
         const from = bars.get(producer);
         if (!from || !to) return;
-        const x1 = from.right - box.left, y1 = from.top + from.height / 2 - box.top;
+        // Down from where the producer's bar starts, then into the
+        // consumer's bar: a consumer starts after its producer did.
+        const x1 = from.left - box.left + 1, y1 = from.bottom - box.top;
         const x2 = to.left - box.left, y2 = to.top + to.height / 2 - box.top;
-        const bend = Math.max(12, Math.abs(x2 - x1) / 2);
-        paths += '<path d="M' + x1 + "," + y1 + " C" + (x1 + bend) + "," + y1 + " " +
-          (x2 - bend) + "," + y2 + " " + x2 + "," + y2 + '"/>' +
+        paths += '<path d="M' + x1 + "," + y1 + " C" + x1 + "," + y2 + " " +
+          x1 + "," + y2 + " " + x2 + "," + y2 + '"/>' +
           '<circle cx="' + x2 + '" cy="' + y2 + '" r="2.5"/>';
       });
     });
