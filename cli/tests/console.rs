@@ -411,6 +411,19 @@ async fn the_console_refuses_other_hosts_other_origins_and_missing_tokens() {
     let run_dir = tempfile::tempdir().unwrap();
     let launcher =
         tracehop_launcher::Launcher::new(tracehop_launcher::default_bin_dir().unwrap(), run_dir.path().to_path_buf());
+    // Served beyond this machine, a console without a token does not start.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = Config {
+        addr: "192.0.2.1:8088".parse().unwrap(),
+        token: None,
+        gateway_url: "http://127.0.0.1:9".to_string(),
+        launcher: launcher.clone(),
+        nats: nats.clone(),
+        changed_by: "console test".to_string(),
+    };
+    let refused = console::serve(listener, open, async {}).await.unwrap_err();
+    assert!(refused.to_string().contains("needs a token"), "{refused}");
+
     let token = "a-token-of-the-tests-0123456789".to_string();
     let (base, _stop) = start_console(nats, launcher, "http://127.0.0.1:9".to_string(), Some(token.clone())).await;
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();

@@ -78,7 +78,7 @@ const JS: &str = include_str!("assets/console.js");
 
 /// The policy of every page: the console's own script and stylesheet, and
 /// the inline widths of the waterfall's bars; nothing from elsewhere.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; \
      img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// What the console needs: where it listens, who may use it, and the parts
@@ -105,6 +105,17 @@ pub fn needs_token(addr: &SocketAddr) -> bool {
     !addr.ip().is_loopback()
 }
 
+/// The hosts a request may name: on a loopback address its own names only,
+/// since a page of any site could reach it through a name of its own that
+/// resolves to 127.0.0.1 (DNS rebinding); elsewhere any, the token being
+/// what keeps others out (such a page never has the console's cookie).
+fn allowed_hosts(addr: &SocketAddr) -> Option<Vec<String>> {
+    let port = addr.port();
+    addr.ip().is_loopback().then(|| {
+        vec![addr.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}")]
+    })
+}
+
 /// A fresh token: 122 random bits from the operating system, as hex.
 pub fn new_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -118,8 +129,8 @@ struct Inner {
     js: jetstream::Context,
     http: reqwest::Client,
     sections: Sections,
-    /// The hosts a request may name.
-    hosts: Vec<String>,
+    /// The hosts a request may name; any when `None`.
+    hosts: Option<Vec<String>>,
     /// The load run going on, if any: how to stop it.
     load: Mutex<Option<oneshot::Sender<()>>>,
     shutdown: CancellationToken,
@@ -136,11 +147,10 @@ pub async fn serve(
     let sections = Sections::default();
     let mut tasks = JoinSet::new();
     live::start(&mut tasks, &sections, &config.nats, &config.launcher, &token);
-    let port = config.addr.port();
-    let mut hosts = vec![config.addr.to_string()];
-    if config.addr.ip().is_loopback() {
-        hosts.extend([format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}")]);
+    if needs_token(&config.addr) && config.token.is_none() {
+        anyhow::bail!("the console on {}, beyond this machine, needs a token", config.addr);
     }
+    let hosts = allowed_hosts(&config.addr);
     let console = Console(Arc::new(Inner {
         js: jetstream::new(config.nats.clone()),
         http: reqwest::Client::new(),
@@ -215,7 +225,9 @@ fn check(console: &Console, request: &Request) -> Option<Response> {
         |status: StatusCode, message: &str| (status, Html(view::message_page("Refused", message))).into_response();
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    if !console.0.hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host)) {
+    if let Some(hosts) = &console.0.hosts
+        && !hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host))
+    {
         return Some(refuse(
             StatusCode::MISDIRECTED_REQUEST,
             "this console answers only to the address it was started on",
@@ -673,6 +685,14 @@ mod tests {
         assert!(!needs_token(&"[::1]:8088".parse().unwrap()));
         assert!(needs_token(&"0.0.0.0:8088".parse().unwrap()));
         assert!(needs_token(&"192.168.1.20:8088".parse().unwrap()));
+    }
+
+    #[test]
+    fn loopback_answers_to_its_own_names_only() {
+        let hosts = allowed_hosts(&"127.0.0.1:8088".parse().unwrap()).unwrap();
+        assert!(hosts.contains(&"localhost:8088".to_string()) && hosts.contains(&"127.0.0.1:8088".to_string()));
+        assert!(!hosts.iter().any(|h| h.ends_with(":80")));
+        assert_eq!(allowed_hosts(&"0.0.0.0:8088".parse().unwrap()), None);
     }
 
     #[test]
