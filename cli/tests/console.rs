@@ -441,50 +441,28 @@ async fn the_console_refuses_other_hosts_other_origins_and_missing_tokens() {
     let page = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
-    let cross_site = http
-        .post(format!("{base}/scenarios"))
-        .header("cookie", &cookie)
-        .header("origin", "http://attacker.example")
-        .header("content-type", FORM)
-        .body("name=payment-down&change=on")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cross_site.status(), 403);
-    let sandboxed = http
-        .post(format!("{base}/scenarios"))
-        .header("cookie", &cookie)
-        .header("origin", "null")
-        .header("sec-fetch-site", "cross-site")
-        .header("content-type", FORM)
-        .body("name=payment-down&change=on")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sandboxed.status(), 403);
+    // A form post with the given `Origin` and `Sec-Fetch-Site`, if any.
+    let post = |path: &'static str, origin: Option<&'static str>, site: Option<&'static str>, body: &'static str| {
+        let mut request =
+            http.post(format!("{base}{path}")).header("cookie", &cookie).header("content-type", FORM).body(body);
+        for (name, value) in [("origin", origin), ("sec-fetch-site", site)] {
+            if let Some(value) = value {
+                request = request.header(name, value);
+            }
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let flip = "name=payment-down&change=on";
+    assert_eq!(post("/scenarios", Some("http://attacker.example"), None, flip).await.status(), 403);
+    assert_eq!(post("/scenarios", Some("null"), Some("cross-site"), flip).await.status(), 403);
     // The form the page itself posts is taken, and checked: an unknown
     // scenario is refused by name.
-    let same_site = http
-        .post(format!("{base}/scenarios"))
-        .header("cookie", &cookie)
-        .header("origin", &base)
-        .header("content-type", FORM)
-        .body("name=no-such-thing&change=on")
-        .send()
-        .await
-        .unwrap();
+    let same_site = post("/scenarios", None, Some("same-origin"), "name=no-such-thing&change=on").await;
     assert_eq!(same_site.status(), 400);
     assert!(same_site.text().await.unwrap().contains("no such scenario"));
     // An order the gateway's rules refuse never leaves the console, and the
     // refusal names the field.
-    let order = http
-        .post(format!("{base}/order"))
-        .header("cookie", &cookie)
-        .header("content-type", FORM)
-        .body("customer=alice&sku=KB-001&quantity=0&card=approved")
-        .send()
-        .await
-        .unwrap();
+    let order = post("/order", None, None, "customer=alice&sku=KB-001&quantity=0&card=approved").await;
     let body = order.text().await.unwrap();
     assert!(body.contains("data-outcome=\"invalid\"") && body.contains("items[0].quantity"), "{body}");
 }

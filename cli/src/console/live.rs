@@ -205,7 +205,7 @@ async fn health(nats: async_nats::Client, launcher: Launcher, sections: Sections
 /// The sentinel's alerts as they are published, raised and recovered.
 async fn alerts(nats: async_nats::Client, sections: Sections) {
     let mut log: VecDeque<AlertStatus> = VecDeque::new();
-    sections.set("alert-log", view::alert_log(&[], 0));
+    sections.set("alert-log", view::alert_log(&[]));
     loop {
         match nats.subscribe(format!("{}.>", tracehop_proto::subjects::ALERTS_PREFIX)).await {
             Ok(mut subscriber) => {
@@ -216,7 +216,7 @@ async fn alerts(nats: async_nats::Client, sections: Sections) {
                         log.pop_front();
                     }
                     let all: Vec<AlertStatus> = log.iter().cloned().collect();
-                    sections.set("alert-log", view::alert_log(&all, tracehop_telemetry::now_unix_ms()));
+                    sections.set("alert-log", view::alert_log(&all));
                 }
             }
             Err(error) => tracing_note("alerts", &error.to_string()),

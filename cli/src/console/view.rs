@@ -266,7 +266,7 @@ pub fn open_alerts(status: &Status, now_unix_ms: i64) -> String {
     }
     let mut out = String::from("<ul class=\"alerts\">");
     for alert in &status.alerts {
-        out.push_str(&alert_item(alert, now_unix_ms, true));
+        out.push_str(&alert_item(alert, Some(now_unix_ms)));
     }
     out.push_str("</ul>");
     out
@@ -277,7 +277,8 @@ pub fn is_recovery(alert: &AlertStatus) -> bool {
     matches!(alert.kind.as_str(), "consumer_recovered" | "dead_letters_cleared")
 }
 
-fn alert_item(alert: &AlertStatus, now_unix_ms: i64, open: bool) -> String {
+/// One alert; `now_unix_ms` for an open one, to say how long ago.
+fn alert_item(alert: &AlertStatus, now_unix_ms: Option<i64>) -> String {
     let recovered = is_recovery(alert);
     let class = if recovered { "recovered" } else { "raised" };
     let what = if alert.kind == "consumer_dead_letters" {
@@ -287,17 +288,14 @@ fn alert_item(alert: &AlertStatus, now_unix_ms: i64, open: bool) -> String {
     } else {
         format!("backlog {}, oldest {}", alert.backlog, age(alert.oldest_unprocessed_age_ms))
     };
+    // An open alert says how long ago it was raised; the log says when.
     let when = if alert.raised_at_unix_ms > 0 {
-        let ago = age((now_unix_ms - alert.raised_at_unix_ms).max(1));
-        format!(
-            "<time title=\"{} UTC\">{}</time>",
-            render::time_of_day(alert.raised_at_unix_ms.max(0) as u64 * 1_000_000),
-            if open {
-                format!("raised {ago} ago")
-            } else {
-                render::time_of_day(alert.raised_at_unix_ms.max(0) as u64 * 1_000_000)
-            }
-        )
+        let at = render::time_of_day(alert.raised_at_unix_ms as u64 * 1_000_000);
+        let shown = match now_unix_ms {
+            Some(now) => format!("raised {} ago", age((now - alert.raised_at_unix_ms).max(1))),
+            None => at.clone(),
+        };
+        format!("<time title=\"{at}\">{shown}</time>")
     } else {
         String::new()
     };
@@ -313,13 +311,13 @@ fn alert_item(alert: &AlertStatus, now_unix_ms: i64, open: bool) -> String {
 }
 
 /// The alerts heard since the console started, newest first.
-pub fn alert_log(alerts: &[AlertStatus], now_unix_ms: i64) -> String {
+pub fn alert_log(alerts: &[AlertStatus]) -> String {
     if alerts.is_empty() {
         return "<p class=\"quiet\">no alert raised or recovered since the console started</p>".to_string();
     }
     let mut out = String::from("<ul class=\"alerts log\">");
     for alert in alerts.iter().rev() {
-        out.push_str(&alert_item(alert, now_unix_ms, false));
+        out.push_str(&alert_item(alert, None));
     }
     out.push_str("</ul>");
     out
@@ -484,8 +482,9 @@ pub fn trace_page(trace_id: &str, waterfall_html: &str, explain_html: &str) -> S
 /// draw the producer-to-consumer links.
 pub fn waterfall(spans: &[SpanRecord], found_in: &str) -> String {
     if spans.is_empty() {
-        return "<p class=\"quiet\" id=\"no-spans\">no spans of this trace yet: they are exported in batches, \
-                this page fills in as they arrive</p>"
+        return "<p class=\"quiet\" id=\"no-spans\">no span of this trace on the span feed or among the kept traces \
+                yet. A trace just placed arrives in batches, and this page fills in as it does; an older one has left \
+                the feed and was not kept (<code>tracehop trace</code> says how far back the feed reaches).</p>"
             .to_string();
     }
     let first = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
@@ -918,7 +917,7 @@ pub fn message_page(title: &str, message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
     use tracehop_spanfeed::{SpanKind, SpanLink};
 
     use super::*;
@@ -987,6 +986,25 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_never_shows_a_card_number_or_an_address() {
+        let outcome = OrderOutcome {
+            http_status: 400,
+            order_id: None,
+            status: "rejected".into(),
+            trace_id: Some("ef".repeat(16)),
+            total_cents: None,
+            error: Some(json!({"code": "invalid", "message": "4242 4242 4242 4242 for <b>bob@example.com</b>"})),
+            body: Value::Null,
+            elapsed_ms: 3.0,
+        };
+        let html = order_outcome(&outcome);
+        assert!(!html.contains("4242") && !html.contains("bob@example.com") && !html.contains("<b>bob"), "{html}");
+        assert!(html.contains(&format!("href=\"/trace/{}\"", "ef".repeat(16))), "{html}");
+        let form = OrderForm { customer: "carol@example.com".into(), ..Default::default() };
+        assert!(!order_page(&form, "").contains("carol@example.com"));
+    }
+
+    #[test]
     fn alerts_say_raised_or_recovered() {
         let raised = AlertStatus {
             kind: "consumer_down".into(),
@@ -995,7 +1013,7 @@ mod tests {
             ..Default::default()
         };
         let recovered = AlertStatus { kind: "consumer_recovered".into(), ..raised.clone() };
-        let html = alert_log(&[raised, recovered], 0);
+        let html = alert_log(&[raised, recovered]);
         let first_recovered = html.find("recovered\"").unwrap();
         let first_raised = html.find("alert raised").unwrap();
         assert!(first_recovered < first_raised, "newest first: {html}");
