@@ -198,21 +198,8 @@ pub fn explain_text(e: &Explanation) -> String {
     if e.errors.is_empty() {
         out.push_str("errors: none\n");
     } else {
-        // One failure is often marked on every span it passed through on
-        // its way back: one line per failure, at the innermost span (the
-        // latest to start), with how many more spans carry it.
-        let mut groups: Vec<(&analysis::Failure, usize)> = Vec::new();
-        for f in &e.errors {
-            match groups
-                .iter_mut()
-                .find(|(g, _)| (g.kind, &g.error_type, &g.message) == (f.kind, &f.error_type, &f.message))
-            {
-                Some(group) => *group = (f, group.1 + 1),
-                None => groups.push((f, 1)),
-            }
-        }
         let _ = writeln!(out, "errors ({} failed spans):", e.errors.len());
-        for (f, count) in groups {
+        for (f, count) in grouped_failures(&e.errors) {
             let kind = match f.kind {
                 analysis::FailureKind::Error => String::new(),
                 analysis::FailureKind::Missed => " [consumer missed the event]".to_string(),
@@ -220,11 +207,7 @@ pub fn explain_text(e: &Explanation) -> String {
             };
             let error_type =
                 if f.error_type.is_empty() { String::new() } else { format!("{}: ", clean(&f.error_type)) };
-            let also = match count {
-                1 => String::new(),
-                2 => " (and on 1 more span)".to_string(),
-                n => format!(" (and on {} more spans)", n - 1),
-            };
+            let also = on_more_spans(count).map_or(String::new(), |more| format!(" ({more})"));
             let _ = writeln!(
                 out,
                 "  ✗ {} {:?}{kind}: {error_type}{}{also}",
@@ -247,6 +230,33 @@ pub fn explain_text(e: &Explanation) -> String {
         );
     }
     out
+}
+
+/// One failure is often marked on every span it passed through on its way
+/// back: each failure once, at the innermost span (the latest to start),
+/// with how many spans carry it.
+pub fn grouped_failures(errors: &[analysis::Failure]) -> Vec<(&analysis::Failure, usize)> {
+    let mut groups: Vec<(&analysis::Failure, usize)> = Vec::new();
+    for f in errors {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| (g.kind, &g.error_type, &g.message) == (f.kind, &f.error_type, &f.message))
+        {
+            Some(group) => *group = (f, group.1 + 1),
+            None => groups.push((f, 1)),
+        }
+    }
+    groups
+}
+
+/// `and on 1 more span`, `and on 2 more spans`: where else a failure of
+/// `count` spans is marked; none for one span.
+pub fn on_more_spans(count: usize) -> Option<String> {
+    match count {
+        0 | 1 => None,
+        2 => Some("and on 1 more span".to_string()),
+        n => Some(format!("and on {} more spans", n - 1)),
+    }
 }
 
 #[cfg(test)]

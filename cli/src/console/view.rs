@@ -14,6 +14,7 @@ use tracehop_spanfeed::{SpanRecord, SpanStatus};
 use super::html::{self, escape, text};
 use crate::analysis::{self, Explanation, FailureKind, TraceSummary};
 use crate::client::{CATALOG, OrderOutcome, TestCard, dollars};
+use crate::commands::explain::{grouped_failures, on_more_spans};
 use crate::commands::load::{millis, progress_line, summary};
 use crate::commands::scenario::state_of;
 use crate::commands::slowest::ms as ms_f64;
@@ -562,7 +563,7 @@ pub fn waterfall(spans: &[SpanRecord], found_in: &str) -> String {
              <span class=\"name\" style=\"padding-left:{indent}em\">{mark}{link_mark}{detached}{name}</span>\
              <span class=\"num\">{took} ms</span>\
              <span class=\"track\"><span class=\"bar {svc_class}\" style=\"left:{left:.3}%;width:{width:.3}%\"></span>\
-             <span class=\"note\" style=\"{note_at}\">{note}</span></span></summary>",
+             <span class=\"note\" style=\"{note_at}\" title=\"{note}\">{note}</span></span></summary>",
             span_id = text(&span.span_id),
             links = text(&links.join(" ")),
             service = text(&span.service),
@@ -570,11 +571,11 @@ pub fn waterfall(spans: &[SpanRecord], found_in: &str) -> String {
             indent = row.depth() as f64 * 0.9,
             name = text(&span.name),
             took = render::ms(span.duration_nanos()),
-            // Right of the bar, or left of it when the bar ends far right.
-            note_at = if left + width > 60.0 {
-                format!("right:{:.3}%;padding-right:6px", 100.0 - left)
+            // On the side of the bar with more room, cut to fit it.
+            note_at = if left > 100.0 - left - width {
+                format!("right:{:.3}%;max-width:{left:.3}%;padding-right:6px;text-align:right", 100.0 - left)
             } else {
-                format!("left:{:.3}%;padding-left:6px", left + width)
+                format!("left:{:.3}%;max-width:{:.3}%;padding-left:6px", left + width, 100.0 - left - width)
             },
         );
         out.push_str(&attributes_table(span, first));
@@ -675,7 +676,7 @@ pub fn explanation(e: &Explanation) -> String {
         out.push_str("<p class=\"ok-text\">no failures</p>");
     } else {
         out.push_str("<ul class=\"failures\">");
-        for f in &e.errors {
+        for (f, count) in grouped_failures(&e.errors) {
             let kind = match f.kind {
                 FailureKind::Error => "failed",
                 FailureKind::Missed => "missed by a consumer",
@@ -683,9 +684,10 @@ pub fn explanation(e: &Explanation) -> String {
             };
             let error_type =
                 if f.error_type.is_empty() { String::new() } else { format!("<code>{}</code> ", text(&f.error_type)) };
+            let also = on_more_spans(count).map_or(String::new(), |more| format!(" <small>({more})</small>"));
             let _ = write!(
                 out,
-                "<li class=\"{}\">{} <b>{}</b> {kind}: {error_type}{}</li>",
+                "<li class=\"{}\">{} <b>{}</b> {kind}: {error_type}{}{also}</li>",
                 f.kind.as_str(),
                 service_tag(&f.service),
                 text(&f.span),
