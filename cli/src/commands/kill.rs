@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::json;
-use tracehop_launcher::{Service, StopMode};
+use tracehop_launcher::{Launcher, Service, StopMode};
 
 use crate::settings::Settings;
 
@@ -19,9 +19,36 @@ pub fn known_service(name: &str) -> anyhow::Result<&'static str> {
     Ok(name.parse::<Service>()?.name())
 }
 
-pub async fn run(settings: &Settings, name: &str, term: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+/// What stopping a service did.
+#[derive(Clone, Debug)]
+pub struct Stopped {
+    pub service: &'static str,
+    pub pid: u32,
+    /// `SIGKILL` or `SIGTERM`.
+    pub signal: &'static str,
+    /// After SIGTERM: whether it drained before the grace period ended.
+    pub drained: bool,
+    pub elapsed: Duration,
+}
+
+impl Stopped {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let (service, pid) = (self.service, self.pid);
+        if self.signal == "SIGKILL" {
+            format!("{service} killed (SIGKILL, pid {pid})")
+        } else if self.drained {
+            format!("{service} stopped (SIGTERM, pid {pid}, drained in {:.1} s)", self.elapsed.as_secs_f64())
+        } else {
+            format!("{service} did not drain within {} s after SIGTERM: killed (pid {pid})", GRACE.as_secs())
+        }
+    }
+}
+
+/// Stops the service named `name` with SIGKILL, or with SIGTERM and a
+/// grace period when `term`.
+pub async fn stop(launcher: &Launcher, name: &str, term: bool) -> anyhow::Result<Stopped> {
     let service = known_service(name)?;
-    let launcher = settings.launcher()?;
     let Some(pid) = launcher.running_pid(service) else {
         bail!("{service} is not running (start it with `tracehop start {service}`)");
     };
@@ -32,22 +59,22 @@ pub async fn run(settings: &Settings, name: &str, term: bool, as_json: bool) -> 
     }
     let elapsed = started.elapsed();
     // `stop` sends SIGKILL once the grace period is over.
-    let drained = term && elapsed < GRACE;
+    Ok(Stopped { service, pid, signal, drained: term && elapsed < GRACE, elapsed })
+}
+
+pub async fn run(settings: &Settings, name: &str, term: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+    let stopped = stop(&settings.launcher()?, name, term).await?;
     if as_json {
         let outcome = json!({
-            "service": service,
-            "pid": pid,
-            "signal": signal,
-            "drained": drained,
-            "elapsed_ms": elapsed.as_millis() as u64,
+            "service": stopped.service,
+            "pid": stopped.pid,
+            "signal": stopped.signal,
+            "drained": stopped.drained,
+            "elapsed_ms": stopped.elapsed.as_millis() as u64,
         });
         println!("{}", serde_json::to_string_pretty(&outcome)?);
-    } else if !term {
-        println!("{service} killed (SIGKILL, pid {pid})");
-    } else if drained {
-        println!("{service} stopped (SIGTERM, pid {pid}, drained in {:.1} s)", elapsed.as_secs_f64());
     } else {
-        println!("{service} did not drain within {} s after SIGTERM: killed (pid {pid})", GRACE.as_secs());
+        println!("{}", stopped.describe());
     }
     Ok(ExitCode::SUCCESS)
 }

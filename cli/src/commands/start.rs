@@ -7,27 +7,44 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
+use tracehop_launcher::Launcher;
+
 use crate::settings::Settings;
 
 /// How long the service has to answer after it starts.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn run(settings: &Settings, name: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+/// A service started and answering.
+#[derive(Debug)]
+pub struct Started {
+    pub service: &'static str,
+    pub pid: u32,
+    /// Until it answered.
+    pub elapsed: Duration,
+    /// The process: whoever keeps running should wait for it, so that it is
+    /// not left a zombie when it exits.
+    pub child: std::process::Child,
+}
+
+/// Starts the service named `name` with `launcher`'s environment and waits
+/// until it answers on `nats` (the gateway at `gateway_addr`).
+pub async fn start(
+    launcher: &Launcher,
+    nats: &async_nats::Client,
+    gateway_addr: &str,
+    name: &str,
+) -> anyhow::Result<Started> {
     let service = super::kill::known_service(name)?;
-    let launcher = settings.launcher()?;
     if let Some(pid) = launcher.running_pid(service) {
         bail!("{service} is already running (pid {pid})");
     }
-    // Connect first: a service started while NATS is unreachable could not
-    // be seen to answer.
-    let nats = super::connect_nats(settings).await?;
     let started = Instant::now();
     let mut child = launcher.start(service)?;
     let pid = child.id();
     let log = launcher.log_path(service);
 
     let services = [service];
-    let ready = tracehop_launcher::wait_ready(&nats, &services, &settings.gateway_addr, READY_TIMEOUT);
+    let ready = tracehop_launcher::wait_ready(nats, &services, gateway_addr, READY_TIMEOUT);
     tokio::pin!(ready);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -51,14 +68,34 @@ pub async fn run(settings: &Settings, name: &str, as_json: bool) -> anyhow::Resu
             }
         }
     }
-    let elapsed = started.elapsed();
+    Ok(Started { service, pid, elapsed: started.elapsed(), child })
+}
+
+pub async fn run(settings: &Settings, name: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let launcher = settings.launcher()?;
+    let service = super::kill::known_service(name)?;
+    if let Some(pid) = launcher.running_pid(service) {
+        bail!("{service} is already running (pid {pid})");
+    }
+    // Connect first: a service started while NATS is unreachable could not
+    // be seen to answer.
+    let nats = super::connect_nats(settings).await?;
+    let started = start(&launcher, &nats, &settings.gateway_addr, service).await?;
     if as_json {
-        let outcome = json!({"service": service, "pid": pid, "ready_ms": elapsed.as_millis() as u64});
+        let outcome =
+            json!({"service": started.service, "pid": started.pid, "ready_ms": started.elapsed.as_millis() as u64});
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        println!("{service} started (pid {pid}), answering after {:.1} s", elapsed.as_secs_f64());
+        println!("{}", started.describe());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl Started {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        format!("{} started (pid {}), answering after {:.1} s", self.service, self.pid, self.elapsed.as_secs_f64())
+    }
 }
 
 fn log_tail(path: &std::path::Path, lines: usize) -> String {

@@ -3,8 +3,9 @@
 //! order`, draws a trace read from the span feed like `tracehop trace` with
 //! the summary of `tracehop explain`, flips scenarios like `tracehop
 //! scenario` (and records them as flipped from the console), lists the
-//! slowest checkouts like `tracehop slowest`, and runs the engine of
-//! `tracehop load`. The live parts (checkouts of the last minute, consumer
+//! slowest checkouts like `tracehop slowest`, runs the engine of
+//! `tracehop load`, and kills, stops and starts a service like `tracehop
+//! kill` and `start`. The live parts (checkouts of the last minute, consumer
 //! health as `tracehop status` judges it, the sentinel's alerts, the
 //! scenario switches, a load run's progress) are sent as server-sent events
 //! and replace themselves on the page with no reload.
@@ -185,6 +186,7 @@ fn app(console: Console) -> Router {
         .route("/load", get(load_page))
         .route("/load/start", post(start_load))
         .route("/load/stop", post(stop_load))
+        .route("/services", post(service_action))
         .route("/events", get(events))
         .route("/assets/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route("/assets/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS) }))
@@ -664,6 +666,61 @@ async fn stop_load(State(console): State<Console>) -> Redirect {
         let _ = stop.send(());
     }
     Redirect::to("/load")
+}
+
+#[derive(serde::Deserialize)]
+struct ServiceForm {
+    name: String,
+    action: String,
+}
+
+/// Kills, stops or starts a service as `tracehop kill` and `start` do; the
+/// outcome is a live part of the Live page.
+async fn service_action(State(console): State<Console>, Form(form): Form<ServiceForm>) -> Response {
+    let sections = console.0.sections.clone();
+    let service = match crate::commands::kill::known_service(&form.name) {
+        Ok(service) => service,
+        Err(error) => {
+            sections.set("service-action", view::message_fragment(&error.to_string()));
+            return Redirect::to("/").into_response();
+        }
+    };
+    let (doing, term) = match form.action.as_str() {
+        "kill" => ("killing", false),
+        "term" => ("stopping", true),
+        "start" => ("starting", false),
+        _ => {
+            sections.set("service-action", view::message_fragment("the action must be kill, term or start"));
+            return Redirect::to("/").into_response();
+        }
+    };
+    sections.set("service-action", view::service_action(&format!("{doing} {service}…"), true));
+    let start = form.action == "start";
+    tokio::spawn(async move {
+        let config = &console.0.config;
+        let outcome = if start {
+            let gateway_addr = config.gateway_url.trim_start_matches("http://");
+            match crate::commands::start::start(&config.launcher, &config.nats, gateway_addr, service).await {
+                Ok(started) => {
+                    let line = started.describe();
+                    // The service outlives the console; while it runs, the
+                    // console is its parent and reaps it when it exits.
+                    let mut child = started.child;
+                    tokio::task::spawn_blocking(move || child.wait());
+                    Ok(line)
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            crate::commands::kill::stop(&config.launcher, service, term).await.map(|stopped| stopped.describe())
+        };
+        let html = match outcome {
+            Ok(line) => view::service_action(&line, true),
+            Err(error) => view::service_action(&format!("{error:#}"), false),
+        };
+        console.0.sections.set("service-action", html);
+    });
+    Redirect::to("/").into_response()
 }
 
 #[cfg(test)]

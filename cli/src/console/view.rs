@@ -324,6 +324,33 @@ pub fn alert_log(alerts: &[AlertStatus]) -> String {
     out
 }
 
+/// Kill, stop or start a service, as `tracehop kill` and `start` do. Not a
+/// live part: a button redrawn under the pointer can lose its click.
+fn service_control() -> String {
+    let mut out = String::from(
+        "<form method=\"post\" action=\"/services\" class=\"inline services-control\">\
+         <label>service <select name=\"name\" id=\"service-name\">",
+    );
+    for service in tracehop_launcher::SERVICES {
+        let _ = write!(out, "<option value=\"{service}\">{service}</option>");
+    }
+    out.push_str(
+        "</select></label><button type=\"submit\" name=\"action\" value=\"kill\" id=\"kill-service\" class=\"danger\" \
+         title=\"SIGKILL: what a crash looks like\">kill</button>\
+         <button type=\"submit\" name=\"action\" value=\"term\" class=\"secondary\" \
+         title=\"SIGTERM: it drains first\">stop</button>\
+         <button type=\"submit\" name=\"action\" value=\"start\" id=\"start-service\" class=\"secondary\">start</button>\
+         <small>as <code>tracehop kill</code> and <code>tracehop start</code> do</small></form>",
+    );
+    out
+}
+
+/// What a kill, stop or start did, or is doing.
+pub fn service_action(line: &str, ok: bool) -> String {
+    let class = if ok { "quiet" } else { "bad" };
+    format!("<p class=\"{class}\" data-service-action>{}</p>", text(line))
+}
+
 /// The count of open alerts, for the header of every page.
 pub fn alert_count(status: &Status) -> String {
     match status.alerts.len() {
@@ -337,11 +364,13 @@ pub fn live_page(sections: &dyn Fn(&str) -> String) -> String {
         "<h1>Live</h1>\
          <section><h2>checkouts <small>last minute, from the gateway's spans on the feed</small></h2>{}</section>\
          <section><h2>open alerts</h2>{}</section>\
-         <section><h2>consumer health</h2>{}</section>\
+         <section><h2>consumer health</h2>{}{}{}</section>\
          <section><h2>alerts as they come <small>raised and recovered</small></h2>{}</section>",
         live_section("checkouts", &sections("checkouts")),
         live_section("alerts", &sections("alerts")),
         live_section("consumers", &sections("consumers")),
+        service_control(),
+        live_section("service-action", &sections("service-action")),
         live_section("alert-log", &sections("alert-log")),
     );
     page("Live", "/", &body)
