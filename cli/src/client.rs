@@ -94,6 +94,66 @@ pub async fn place_order(
     })
 }
 
+/// The test cards the payment service knows (any expiry, any CVV). Their
+/// numbers are for the gateway only: the console offers a card by its
+/// outcome and never shows the number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestCard {
+    Approved,
+    Declined,
+    InsufficientFunds,
+    ProcessorError,
+}
+
+impl TestCard {
+    pub const ALL: [TestCard; 4] =
+        [TestCard::Approved, TestCard::Declined, TestCard::InsufficientFunds, TestCard::ProcessorError];
+
+    pub const fn number(self) -> &'static str {
+        match self {
+            TestCard::Approved => "4242424242424242",
+            TestCard::Declined => "4000000000000002",
+            TestCard::InsufficientFunds => "4000000000009995",
+            TestCard::ProcessorError => "4000000000000119",
+        }
+    }
+
+    /// The name a form sends.
+    pub fn key(self) -> &'static str {
+        match self {
+            TestCard::Approved => "approved",
+            TestCard::Declined => "declined",
+            TestCard::InsufficientFunds => "insufficient-funds",
+            TestCard::ProcessorError => "processor-error",
+        }
+    }
+
+    /// What paying with it does, for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            TestCard::Approved => "approved",
+            TestCard::Declined => "declined",
+            TestCard::InsufficientFunds => "declined: insufficient funds",
+            TestCard::ProcessorError => "processor error",
+        }
+    }
+
+    pub fn parse(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|card| card.key() == key)
+    }
+}
+
+/// The catalog that the inventory migration seeds: SKU and name.
+pub const CATALOG: [(&str, &str); 7] = [
+    ("KB-001", "Mechanical keyboard"),
+    ("MS-002", "Wireless mouse"),
+    ("MN-003", "27-inch monitor"),
+    ("CB-004", "USB-C cable"),
+    ("HS-005", "Headset"),
+    ("LMP-006", "Desk lamp"),
+    ("LTD-007", "Limited-edition print"),
+];
+
 /// Money in cents as `$12.34`.
 pub fn dollars(cents: i64) -> String {
     format!("${}.{:02}", cents / 100, (cents % 100).abs())
@@ -110,5 +170,14 @@ mod tests {
         assert!("KB-001:x".parse::<ItemArg>().is_err());
         assert_eq!(dollars(8900), "$89.00");
         assert_eq!(dollars(905), "$9.05");
+    }
+
+    #[test]
+    fn the_catalog_is_what_the_migration_seeds() {
+        let seed = include_str!("../../migrations/20261127000001_inventory.sql");
+        for (sku, name) in CATALOG {
+            assert!(seed.contains(&format!("('{sku}',")) && seed.contains(&format!("'{name}'")), "{sku} {name}");
+        }
+        assert_eq!(seed.matches("('").count() - seed.matches("IN ('").count(), CATALOG.len(), "a SKU is missing");
     }
 }

@@ -29,12 +29,12 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracehop_messaging::topology::{ORDERS_STREAM as ORDERS, expected_consumers};
 
-use crate::client::{ItemArg, OrderInput, place_order};
+use crate::client::{ItemArg, OrderInput, TestCard, place_order};
 
 /// The declined test card (see the README's test cards).
-pub const DECLINED_CARD: &str = "4000000000000002";
+pub const DECLINED_CARD: &str = TestCard::Declined.number();
 /// A card that is approved.
-pub const APPROVED_CARD: &str = "4242424242424242";
+pub const APPROVED_CARD: &str = TestCard::Approved.number();
 /// The premium customers seeded by the loyalty migration.
 pub const PREMIUM_CUSTOMERS: [&str; 2] = ["premium-pat", "premium-sam"];
 /// SKUs with plenty of stock, for the orders to spread over.
@@ -93,7 +93,9 @@ impl LoadConfig {
         (self.rate * self.duration.as_secs_f64()).floor() as u64
     }
 
-    fn validate(&self) -> Result<(), LoadError> {
+    /// Whether the run can go: a positive rate, ratios from 0 to 1, at
+    /// least one request and not absurdly many.
+    pub fn validate(&self) -> Result<(), LoadError> {
         let invalid = |reason: String| Err(LoadError::InvalidConfig(reason));
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return invalid(format!("rate must be a positive number of requests per second, not {}", self.rate));
@@ -334,6 +336,8 @@ impl Drain {
 #[derive(Clone, Debug)]
 pub struct LoadReport {
     pub config: LoadConfig,
+    /// Stopped before every planned request was due (see [`run_until`]).
+    pub stopped: bool,
     /// Requests due during the run: those sent plus those limited. Equal to
     /// the sum of `answers`.
     pub sent: u64,
@@ -412,8 +416,23 @@ impl Stats {
 pub async fn run(
     config: &LoadConfig,
     js: Option<&jetstream::Context>,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
 ) -> Result<LoadReport, LoadError> {
+    run_until(config, js, progress, std::future::pending()).await
+}
+
+/// [`run`], stopping early when `stop` completes: no request is started
+/// after that, those in flight are answered and counted, and the drain is
+/// measured as usual; the report's `sent` is then below the planned count.
+pub async fn run_until(
+    config: &LoadConfig,
+    js: Option<&jetstream::Context>,
+    mut progress: impl FnMut(&Progress),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<LoadReport, LoadError> {
+    let stop = std::pin::pin!(stop);
+    let mut stop = futures::FutureExt::fuse(stop);
+    let mut stopped = false;
     config.validate()?;
     let http = reqwest::Client::builder()
         .timeout(config.request_timeout)
@@ -461,7 +480,16 @@ pub async fn run(
             if Instant::now() >= due {
                 break;
             }
-            sleep_until(due.min(next_progress)).await;
+            tokio::select! {
+                () = &mut stop => stopped = true,
+                () = sleep_until(due.min(next_progress)) => {}
+            }
+            if stopped {
+                break;
+            }
+        }
+        if stopped {
+            break;
         }
         while tasks.try_join_next().is_some() {}
         let permit = match &limiter {
@@ -532,9 +560,11 @@ pub async fn run(
 
     let stats = stats.lock().expect("stats lock");
     let on_wire = stats.sent - stats.answers.get(Answer::Limited);
-    let rate_window = send_time.max(config.duration);
+    // A run stopped early sent over the time it ran, not the time planned.
+    let rate_window = if stopped { send_time.max(Duration::from_millis(1)) } else { send_time.max(config.duration) };
     Ok(LoadReport {
         config: config.clone(),
+        stopped,
         sent: stats.sent,
         answers: stats.answers,
         achieved_rate: on_wire as f64 / rate_window.as_secs_f64(),

@@ -190,6 +190,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A console in the browser: place orders, flip scenarios, watch traces, checkouts and alerts live.
+    Console {
+        /// Where to listen; an address other than a loopback one needs a token.
+        #[arg(long, default_value = tracehop::console::DEFAULT_ADDR)]
+        addr: std::net::SocketAddr,
+        /// The token every request must carry (made and printed when the address is not a
+        /// loopback one and none is given); at least 16 characters. Also TRACEHOP_CONSOLE_TOKEN,
+        /// which keeps it out of the process list.
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// The live scenarios: list them, switch a fault on or off, apply or remove its fix.
     Scenario {
         #[command(subcommand)]
@@ -296,6 +307,7 @@ async fn main() -> ExitCode {
         }
         Command::Slowest { since, limit, json } => commands::slowest::run(&settings, since, limit, json).await,
         Command::Explain { trace_id, wait, json } => commands::explain::run(&settings, &trace_id, wait, json).await,
+        Command::Console { addr, token } => commands::console::run(&settings, addr, token).await,
         Command::Scenario { action } => match action.action() {
             Ok((action, json)) => commands::scenario::run(&settings, action, json).await,
             Err(error) => Err(error),

@@ -208,20 +208,28 @@ pub fn watch_line(span: &SpanRecord, color: bool) -> String {
 }
 
 /// One span placed in the tree.
-struct Row<'a> {
-    span: &'a SpanRecord,
+pub struct Row<'a> {
+    pub span: &'a SpanRecord,
     /// Tree guides drawn before the name (`│ ├ `); empty for a root.
-    guides: String,
+    pub guides: String,
     /// The guides of the lines under this one (`│ │ `), before its children.
-    continued: String,
+    pub continued: String,
     /// The span has a parent that is not among the spans shown.
-    detached: bool,
+    pub detached: bool,
+}
+
+impl Row<'_> {
+    /// How deep in the tree: 0 for a root.
+    pub fn depth(&self) -> usize {
+        self.guides.chars().count() / 2
+    }
 }
 
 /// The spans in tree order: each root (a span without a parent, or whose
 /// parent is missing), by start time, followed by its subtree, depth first,
-/// siblings by start time.
-fn tree_rows(spans: &[SpanRecord]) -> Vec<Row<'_>> {
+/// siblings by start time. The terminal waterfall and the console's both
+/// lay a trace out with this.
+pub fn tree_rows(spans: &[SpanRecord]) -> Vec<Row<'_>> {
     let mut order: Vec<usize> = (0..spans.len()).collect();
     order.sort_by(|&a, &b| {
         let (a, b) = (&spans[a], &spans[b]);
@@ -429,7 +437,7 @@ fn timeline(
 }
 
 /// `✗ <error.type>: <status message>`, leaving out what the span lacks.
-fn failure_text(span: &SpanRecord) -> String {
+pub fn failure_text(span: &SpanRecord) -> String {
     failure_parts(span).0
 }
 
@@ -454,7 +462,7 @@ fn failure_parts(span: &SpanRecord) -> (String, usize) {
 
 /// What the span answered when it was an expected no (`tracehop.outcome`
 /// `rejected`): `→ rejected: <code>`, as a fact, not as a failure.
-fn outcome_text(span: &SpanRecord) -> String {
+pub fn outcome_text(span: &SpanRecord) -> String {
     if span.status == SpanStatus::Error || span.attr_str("tracehop.outcome") != Some("rejected") {
         return String::new();
     }
@@ -522,7 +530,7 @@ fn pad(text: &str, width: usize) -> String {
 }
 
 /// Milliseconds with as many decimals as the magnitude deserves.
-fn ms(nanos: u64) -> String {
+pub fn ms(nanos: u64) -> String {
     let ms = nanos as f64 / 1_000_000.0;
     if ms < 10.0 {
         format!("{ms:.2}")
@@ -534,7 +542,7 @@ fn ms(nanos: u64) -> String {
 }
 
 /// `HH:MM:SS.mmm` in UTC, marked `Z`.
-fn time_of_day(unix_nanos: u64) -> String {
+pub fn time_of_day(unix_nanos: u64) -> String {
     let millis = unix_nanos / 1_000_000;
     let seconds = millis / 1000;
     format!("{:02}:{:02}:{:02}.{:03}Z", seconds / 3600 % 24, seconds / 60 % 60, seconds % 60, millis % 1000)
@@ -550,7 +558,8 @@ fn plural(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
-fn kind_name(kind: SpanKind) -> &'static str {
+/// `server`, `client`, `producer`, `consumer` or `internal`.
+pub fn kind_name(kind: SpanKind) -> &'static str {
     match kind {
         SpanKind::Server => "server",
         SpanKind::Client => "client",

@@ -82,6 +82,9 @@ pub struct Settings {
     /// `TRACEHOP_STREAM_REPLICAS` (1; 3 on a cluster): on how many NATS
     /// servers `up` and `prepare` put each stream and bucket.
     pub stream_replicas: StreamReplicas,
+    /// `TRACEHOP_CONSOLE_TOKEN`: the token `tracehop console` requires
+    /// (`--token` wins).
+    pub console_token: Option<String>,
 }
 
 impl Settings {
@@ -130,6 +133,7 @@ impl Settings {
                 Ok(value) if !value.trim().is_empty() => value.parse()?,
                 _ => StreamReplicas::default(),
             },
+            console_token: std::env::var("TRACEHOP_CONSOLE_TOKEN").ok().filter(|value| !value.trim().is_empty()),
         })
     }
 

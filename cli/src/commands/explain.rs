@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use tracehop_spanfeed::{fetch_trace, normalize_trace_id, scan_feed, wait_for_settled_trace};
+use tracehop_spanfeed::{SpanRecord, normalize_trace_id, scan_feed};
 
 use super::load::millis;
 use super::slowest::{clean, ms};
@@ -32,23 +32,10 @@ pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json
     let trace_id = normalize_trace_id(trace_id)?;
     let nats = super::connect_nats(settings).await?;
     let js = jetstream::new(nats);
-    let spans = match wait {
-        Some(seconds) if seconds > 0.0 => {
-            wait_for_settled_trace(&js, &trace_id, super::trace::SETTLE, Duration::from_secs_f64(seconds)).await?
-        }
-        _ => fetch_trace(&js, &trace_id).await?,
-    };
+    let wait = wait.filter(|seconds| *seconds > 0.0).map(Duration::from_secs_f64);
     // Once the feed has moved past it, a kept trace is read from the store.
-    let spans = if spans.is_empty() { tracehop_spanfeed::kept::fetch(&js, &trace_id).await? } else { spans };
-    let scan = scan_feed(&js, Some(TYPICAL_WINDOW)).await?;
-    let recent: Vec<Vec<_>> = scan.latest(TYPICAL_TRACES).into_iter().map(|id| scan.decode(id)).collect();
-    // A checkout is compared with other checkouts; anything else with all traces.
-    let typical = if analysis::checkout_root(&spans).is_some() {
-        Typical::learn_checkouts(recent.iter().map(Vec::as_slice), Some(&trace_id))
-    } else {
-        Typical::learn(recent.iter().map(Vec::as_slice), Some(&trace_id))
-    };
-    let Some(explanation) = analysis::explain(&spans, &typical) else {
+    let spans = super::trace::find(&js, &trace_id, wait).await?.spans;
+    let Some(explanation) = explanation(&js, &trace_id, &spans).await? else {
         anyhow::bail!(
             "trace {trace_id} is neither on the span feed nor among the kept traces (`tracehop trace {trace_id}` says how far back the feed reaches)"
         );
@@ -59,6 +46,27 @@ pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json
         print!("{}", explain_text(&explanation));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why `spans` (the trace `trace_id`) took its time, against how the same
+/// spans did in the latest traces of the feed; `None` for no spans.
+pub async fn explanation(
+    js: &jetstream::Context,
+    trace_id: &str,
+    spans: &[SpanRecord],
+) -> anyhow::Result<Option<Explanation>> {
+    if spans.is_empty() {
+        return Ok(None);
+    }
+    let scan = scan_feed(js, Some(TYPICAL_WINDOW)).await?;
+    let recent: Vec<Vec<_>> = scan.latest(TYPICAL_TRACES).into_iter().map(|id| scan.decode(id)).collect();
+    // A checkout is compared with other checkouts; anything else with all traces.
+    let typical = if analysis::checkout_root(spans).is_some() {
+        Typical::learn_checkouts(recent.iter().map(Vec::as_slice), Some(trace_id))
+    } else {
+        Typical::learn(recent.iter().map(Vec::as_slice), Some(trace_id))
+    };
+    Ok(analysis::explain(spans, &typical))
 }
 
 /// `{"trace_id", "duration_ms", "critical_path": [{"service", "span",
@@ -190,21 +198,8 @@ pub fn explain_text(e: &Explanation) -> String {
     if e.errors.is_empty() {
         out.push_str("errors: none\n");
     } else {
-        // One failure is often marked on every span it passed through on
-        // its way back: one line per failure, at the innermost span (the
-        // latest to start), with how many more spans carry it.
-        let mut groups: Vec<(&analysis::Failure, usize)> = Vec::new();
-        for f in &e.errors {
-            match groups
-                .iter_mut()
-                .find(|(g, _)| (g.kind, &g.error_type, &g.message) == (f.kind, &f.error_type, &f.message))
-            {
-                Some(group) => *group = (f, group.1 + 1),
-                None => groups.push((f, 1)),
-            }
-        }
         let _ = writeln!(out, "errors ({} failed spans):", e.errors.len());
-        for (f, count) in groups {
+        for (f, count) in grouped_failures(&e.errors) {
             let kind = match f.kind {
                 analysis::FailureKind::Error => String::new(),
                 analysis::FailureKind::Missed => " [consumer missed the event]".to_string(),
@@ -212,11 +207,7 @@ pub fn explain_text(e: &Explanation) -> String {
             };
             let error_type =
                 if f.error_type.is_empty() { String::new() } else { format!("{}: ", clean(&f.error_type)) };
-            let also = match count {
-                1 => String::new(),
-                2 => " (and on 1 more span)".to_string(),
-                n => format!(" (and on {} more spans)", n - 1),
-            };
+            let also = on_more_spans(count).map_or(String::new(), |more| format!(" ({more})"));
             let _ = writeln!(
                 out,
                 "  ✗ {} {:?}{kind}: {error_type}{}{also}",
@@ -239,6 +230,33 @@ pub fn explain_text(e: &Explanation) -> String {
         );
     }
     out
+}
+
+/// One failure is often marked on every span it passed through on its way
+/// back: each failure once, at the innermost span (the latest to start),
+/// with how many spans carry it.
+pub fn grouped_failures(errors: &[analysis::Failure]) -> Vec<(&analysis::Failure, usize)> {
+    let mut groups: Vec<(&analysis::Failure, usize)> = Vec::new();
+    for f in errors {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| (g.kind, &g.error_type, &g.message) == (f.kind, &f.error_type, &f.message))
+        {
+            Some(group) => *group = (f, group.1 + 1),
+            None => groups.push((f, 1)),
+        }
+    }
+    groups
+}
+
+/// `and on 1 more span`, `and on 2 more spans`: where else a failure of
+/// `count` spans is marked; none for one span.
+pub fn on_more_spans(count: usize) -> Option<String> {
+    match count {
+        0 | 1 => None,
+        2 => Some("and on 1 more span".to_string()),
+        n => Some(format!("and on {} more spans", n - 1)),
+    }
 }
 
 #[cfg(test)]

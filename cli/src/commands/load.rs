@@ -162,6 +162,9 @@ pub fn summary(report: &LoadReport) -> String {
     right_align(&mut answers, &[1, 2]);
     out.push_str(&table_text(&answers));
 
+    if report.stopped {
+        let _ = writeln!(out, "stopped early: {} of {} planned requests were due", report.sent, config.planned());
+    }
     let _ = writeln!(
         out,
         "sent {}, achieved {:.1}/s (asked {}/s); last answer after {:.1} s; at most {} in flight",
@@ -272,6 +275,7 @@ mod tests {
         }
         LoadReport {
             config,
+            stopped: false,
             sent: 150,
             answers,
             achieved_rate: 29.987,

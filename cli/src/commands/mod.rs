@@ -1,6 +1,7 @@
 //! One module per subcommand; each `run` returns the process's exit code.
 
 pub mod bench;
+pub mod console;
 pub mod demo;
 pub mod discard;
 pub mod down;

@@ -17,11 +17,12 @@ pub enum Action {
     Flip(Scenario, Change),
 }
 
-/// Who flips: the user and host, for the record.
-fn changed_by() -> String {
+/// Who flips: the user and host, and the tool (`tracehop scenario`,
+/// `tracehop console`), for the record.
+pub fn changed_by(tool: &str) -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "someone".to_string());
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    if host.is_empty() { format!("{user} (tracehop scenario)") } else { format!("{user}@{host} (tracehop scenario)") }
+    if host.is_empty() { format!("{user} ({tool})") } else { format!("{user}@{host} ({tool})") }
 }
 
 /// The state of a switch in a word or two.
@@ -74,7 +75,7 @@ pub async fn run(settings: &Settings, action: Action, as_json: bool) -> anyhow::
             }
         }
         Action::Flip(scenario, change) => {
-            let switch = tracehop_scenarios::apply(&js, scenario, change, &changed_by()).await?;
+            let switch = tracehop_scenarios::apply(&js, scenario, change, &changed_by("tracehop scenario")).await?;
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&entry(scenario, &switch))?);
             } else {

@@ -23,10 +23,32 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let nats = super::connect_nats(settings).await?;
     let js = jetstream::new(nats);
+    let slowest = find(&js, since, limit).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&slowest_json(&slowest.top))?);
+    } else {
+        print!("{}", slowest_text(&slowest.top, &slowest.durations, since, slowest.messages));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The slowest checkouts found, and what they were ranked among.
+#[derive(Clone, Debug)]
+pub struct Slowest {
+    /// The slowest, slowest first, each analysed.
+    pub top: Vec<TraceSummary>,
+    /// The root durations of every checkout ranked, in nanoseconds, sorted.
+    pub durations: Vec<u64>,
+    /// How many messages were read.
+    pub messages: u64,
+}
+
+/// The `limit` slowest checkouts that started within `since` (or any).
+pub async fn find(js: &jetstream::Context, since: Option<Duration>, limit: usize) -> anyhow::Result<Slowest> {
     // The feed holds minutes under load; the kept-traces store holds the
     // slow and failed ones for days: both are searched.
-    let mut scan = scan_feed(&js, since).await?;
-    scan.merge_missing(scan_kept(&js, since).await?);
+    let mut scan = scan_feed(js, since).await?;
+    scan.merge_missing(scan_kept(js, since).await?);
     let since_unix_nano = since.map_or(0, |since| {
         let start = SystemTime::now().checked_sub(since).unwrap_or(UNIX_EPOCH);
         start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
@@ -34,14 +56,9 @@ pub async fn run(
     let checkouts = analysis::checkouts_in(&scan, since_unix_nano);
     let top: Vec<TraceSummary> =
         checkouts.iter().take(limit).filter_map(|(_, trace_id)| analysis::summarize(&scan.decode(trace_id))).collect();
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&slowest_json(&top))?);
-    } else {
-        let mut durations: Vec<u64> = checkouts.iter().map(|(duration, _)| *duration).collect();
-        durations.sort_unstable();
-        print!("{}", slowest_text(&top, &durations, since, scan.messages));
-    }
-    Ok(ExitCode::SUCCESS)
+    let mut durations: Vec<u64> = checkouts.iter().map(|(duration, _)| *duration).collect();
+    durations.sort_unstable();
+    Ok(Slowest { top, durations, messages: scan.messages })
 }
 
 /// `{"traces": [{"trace_id", "duration_ms", "root", "culprit": {"service",

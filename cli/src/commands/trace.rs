@@ -39,23 +39,37 @@ pub fn kept_reason(spans: &[SpanRecord]) -> Option<String> {
     spans.iter().find_map(|span| span.attr_str("tracehop.sampling.reason").map(str::to_string))
 }
 
-pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json: bool) -> anyhow::Result<ExitCode> {
-    let trace_id = normalize_trace_id(trace_id)?;
-    let nats = super::connect_nats(settings).await?;
-    let js = jetstream::new(nats);
+/// One trace as found: where, its spans, and why the keeper kept it.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub source: Source,
+    pub spans: Vec<SpanRecord>,
+    pub kept_reason: Option<String>,
+}
+
+/// The trace from the span feed (waiting up to `wait` until it settles) or,
+/// once the feed has moved past it, from the kept-traces store.
+pub async fn find(js: &jetstream::Context, trace_id: &str, wait: Option<Duration>) -> anyhow::Result<Found> {
     let from_feed = match wait {
-        Some(seconds) if seconds > 0.0 => {
-            wait_for_settled_trace(&js, &trace_id, SETTLE, Duration::from_secs_f64(seconds)).await?
-        }
-        _ => fetch_trace(&js, &trace_id).await?,
+        Some(wait) if !wait.is_zero() => wait_for_settled_trace(js, trace_id, SETTLE, wait).await?,
+        _ => fetch_trace(js, trace_id).await?,
     };
-    let from_store = kept::fetch(&js, &trace_id).await?;
-    let reason = kept_reason(&from_store);
+    let from_store = kept::fetch(js, trace_id).await?;
+    let kept_reason = kept_reason(&from_store);
     let (source, spans) = match (from_feed.is_empty(), from_store.is_empty()) {
         (false, _) => (Source::Feed, from_feed),
         (true, false) => (Source::Kept, from_store),
         (true, true) => (Source::Gone, Vec::new()),
     };
+    Ok(Found { source, spans, kept_reason })
+}
+
+pub async fn run(settings: &Settings, trace_id: &str, wait: Option<f64>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let trace_id = normalize_trace_id(trace_id)?;
+    let nats = super::connect_nats(settings).await?;
+    let js = jetstream::new(nats);
+    let wait = wait.filter(|seconds| *seconds > 0.0).map(Duration::from_secs_f64);
+    let Found { source, spans, kept_reason: reason } = find(&js, &trace_id, wait).await?;
     let window = match source {
         Source::Gone => kept::window(&js, tracehop_spanfeed::STREAM).await.ok(),
         _ => None,
