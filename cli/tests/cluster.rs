@@ -21,12 +21,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::chaos::*;
 use common::*;
-use futures::StreamExt as _;
 use tokio::sync::Mutex;
 use tracehop_launcher::{SERVICES, Service};
 use tracehop_spanfeed::SpanKind;
@@ -55,20 +54,8 @@ async fn a_cluster_with_two_copies_of_everything_loses_nothing() {
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let chaos_done = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let gateway = system.gateway_url.clone();
-    let load = {
-        let (tally, chaos_done, next) = (tally.clone(), chaos_done.clone(), next.clone());
-        async move {
-            let numbers = futures::stream::unfold((), move |()| {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let more = n < min_orders || !chaos_done.load(Ordering::Relaxed);
-                async move { more.then_some((n, ())) }
-            });
-            numbers.for_each_concurrent(concurrency, |n| place(&http, &gateway, n, &tally, started)).await;
-        }
-    };
+    let load =
+        steady_orders(system.gateway_url.clone(), min_orders, concurrency, chaos_done.clone(), tally.clone(), started);
     let mut events = Vec::new();
     let mut node_loss = None;
     let chaos = async {

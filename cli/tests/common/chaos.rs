@@ -5,8 +5,11 @@
 //! lost and nothing doubled.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tracehop_testkit::{TestNats, TestSystem};
@@ -101,6 +104,27 @@ pub(crate) async fn place(http: &reqwest::Client, gateway: &str, n: usize, tally
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tally.lock().await.abandoned += 1;
+}
+
+/// Orders from `concurrency` careful clients ([`place`]) at the gateway
+/// until `chaos_done` is set and at least `min_orders` were placed; what
+/// they saw goes to `tally`, timed from `run`.
+pub(crate) async fn steady_orders(
+    gateway: String,
+    min_orders: usize,
+    concurrency: usize,
+    chaos_done: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    run: Instant,
+) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let next = AtomicUsize::new(0);
+    let numbers = futures::stream::unfold((), |()| {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let more = n < min_orders || !chaos_done.load(Ordering::Relaxed);
+        async move { more.then_some((n, ())) }
+    });
+    numbers.for_each_concurrent(concurrency, |n| place(&http, &gateway, n, &tally, run)).await;
 }
 
 /// Stock per SKU as seeded: on hand + reserved + sold.
