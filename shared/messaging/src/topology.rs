@@ -1,7 +1,8 @@
 //! The one catalog of the system: every service, the executable it runs
 //! as, the request/reply subjects it serves and calls, the events it
 //! publishes, its database schema, the durable consumers it owns,
-//! whether its consumer can be replayed and whether it must run once; plus
+//! whether its consumer can be replayed and how its copies share the work
+//! ([`Instances`]); plus
 //! the streams those consumers read. `tracehop up` and the tests create the
 //! streams and every durable before any service starts, so that events wait
 //! for a consumer that is down instead of being missed.
