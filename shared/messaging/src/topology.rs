@@ -2,8 +2,7 @@
 //! as, the request/reply subjects it serves and calls, the events it
 //! publishes, its database schema, the durable consumers it owns,
 //! whether its consumer can be replayed and how its copies share the work
-//! ([`Instances`]); plus
-//! the streams those consumers read. `tracehop up` and the tests create the
+//! ([`Instances`]); plus the streams those consumers read. `tracehop up` and the tests create the
 //! streams and every durable before any service starts, so that events wait
 //! for a consumer that is down instead of being missed.
 //!
