@@ -45,17 +45,7 @@ async fn chaos_loses_nothing_and_doubles_nothing() {
         .expect("private PostgreSQL");
     let db = TestDatabase::create_on(&cluster.server_url()).await.expect("database");
     let mut cluster = Some(cluster);
-    let mut system = TestSystem::start_on(
-        db,
-        &[
-            ("ORDER_PENDING_TIMEOUT_MS", "15000"),
-            ("ORDER_RESOLVER_INTERVAL_MS", "1000"),
-            ("ORDER_BREAKER_OPEN_MS", "1000"),
-            ("PAYMENT_LATENCY_MS", "5"),
-        ],
-    )
-    .await
-    .expect("system start");
+    let mut system = TestSystem::start_on(db, &CHAOS_ENV).await.expect("system start");
     let seeded = stock(&system).await;
 
     let tally = Arc::new(Mutex::new(Tally::default()));

@@ -38,18 +38,7 @@ async fn a_cluster_with_two_copies_of_everything_loses_nothing() {
     let started = Instant::now();
 
     let cluster = NatsCluster::start().await.expect("three-node cluster");
-    let mut system = TestSystem::start_on_cluster(
-        cluster,
-        2,
-        &[
-            ("ORDER_PENDING_TIMEOUT_MS", "15000"),
-            ("ORDER_RESOLVER_INTERVAL_MS", "1000"),
-            ("ORDER_BREAKER_OPEN_MS", "1000"),
-            ("PAYMENT_LATENCY_MS", "5"),
-        ],
-    )
-    .await
-    .expect("system start");
+    let mut system = TestSystem::start_on_cluster(cluster, 2, &CHAOS_ENV).await.expect("system start");
     let seeded = stock(&system).await;
 
     let tally = Arc::new(Mutex::new(Tally::default()));

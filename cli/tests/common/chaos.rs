@@ -38,6 +38,16 @@ pub(crate) fn nth_order(n: usize) -> Value {
     })
 }
 
+/// The services' settings for a chaos run: an interrupted checkout is
+/// resolved after 15 s, the resolver looks every second, an open breaker
+/// tries again after a second, and payment answers quickly.
+pub(crate) const CHAOS_ENV: [(&str, &str); 4] = [
+    ("ORDER_PENDING_TIMEOUT_MS", "15000"),
+    ("ORDER_RESOLVER_INTERVAL_MS", "1000"),
+    ("ORDER_BREAKER_OPEN_MS", "1000"),
+    ("PAYMENT_LATENCY_MS", "5"),
+];
+
 /// What the clients saw.
 #[derive(Default)]
 pub(crate) struct Tally {
