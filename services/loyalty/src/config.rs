@@ -10,8 +10,9 @@ use tracehop_service::{BaseConfig, env_millis, env_or};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub base: BaseConfig,
-    /// `LOYALTY_DB_CONNECTIONS`: the pool size. Events are handled one at a
-    /// time, so a few connections are plenty.
+    /// `LOYALTY_DB_CONNECTIONS`: the pool size. Each event holds a
+    /// connection only for its two statements, not while inventory prices
+    /// its items, so a few serve the consumer's events in flight.
     pub max_connections: u32,
     /// `LOYALTY_PRICE_TIMEOUT_MS`: how long one price request may take.
     pub price_timeout: Duration,

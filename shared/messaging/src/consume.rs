@@ -82,7 +82,7 @@ impl ProcessError {
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 /// Processes the deliveries of `spec`'s durable consumer with `handler`, up
-/// to `spec.max_in_flight` at a time (one: in stream order), until
+/// to `spec.max_in_flight` at a time, until
 /// `shutdown` fires; the messages in hand are finished first. Returns an
 /// error only when the consumer does not exist.
 pub async fn run_consumer<E, H, Fut>(
@@ -143,10 +143,7 @@ where
                 continue;
             }
         };
-        let pull = match spec.max_in_flight {
-            0 | 1 => consumer.messages().await,
-            parallel => consumer.stream().max_messages_per_batch(parallel).messages().await,
-        };
+        let pull = consumer.stream().max_messages_per_batch(spec.max_in_flight.max(1)).messages().await;
         let mut messages = match pull {
             Ok(messages) => messages,
             Err(error) => {
