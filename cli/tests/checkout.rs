@@ -28,7 +28,8 @@ async fn a_confirmed_order_is_one_trace_across_all_seven_services() {
         reqwest::get(format!("{}/v1/orders/{order_id}", system.gateway_url)).await.unwrap().json().await.unwrap();
     assert_eq!(fetched["status"], "confirmed");
 
-    // Each schema holds its effect.
+    // Each schema holds its effect; the stock commit follows the answer.
+    stock_committed(&system).await;
     let pool = &system.db.pool;
     let (on_hand, reserved, sold): (i32, i32, i32) =
         sqlx::query_as("SELECT on_hand, reserved, sold FROM inventory.products WHERE sku = 'KB-001'")

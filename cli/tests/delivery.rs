@@ -33,6 +33,7 @@ async fn concurrent_orders_for_the_last_units_confirm_exactly_that_many() {
     let statuses = futures::future::join_all(attempts).await;
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 9, "{statuses:?}");
+    stock_committed(&system).await;
     let stock = scalar(
         &system,
         "SELECT (on_hand * 1000000 + reserved * 1000 + sold)::bigint FROM inventory.products WHERE sku = 'LTD-007'",
@@ -62,6 +63,7 @@ async fn the_same_idempotency_key_yields_one_order() {
     assert!(answers.iter().all(|(status, _)| *status == 201), "{answers:?}");
     assert_eq!(scalar(&system, "SELECT COUNT(*) FROM ordering.orders").await, 1);
     assert_eq!(scalar(&system, "SELECT COUNT(*) FROM payment.payments").await, 1, "charged once");
+    stock_committed(&system).await;
     assert_eq!(scalar(&system, "SELECT sold::bigint FROM inventory.products WHERE sku = 'HS-005'").await, 2);
 
     // A later retry gets the first answer back.

@@ -127,6 +127,13 @@ pub(crate) async fn eventually_value(
     value
 }
 
+/// Waits until every confirmed order's stock commit is recorded: a checkout
+/// answers before its commit (order's `commit stock after the reply`).
+pub(crate) async fn stock_committed(system: &TestSystem<impl TestNats>) {
+    let uncommitted = "SELECT COUNT(*) FROM ordering.orders WHERE status = 'confirmed' AND NOT stock_committed";
+    assert_eq!(eventually_value(system, uncommitted, |left| left == 0).await, 0, "stock commits still not recorded");
+}
+
 /// One i64 from `query` (no parameters).
 pub(crate) async fn scalar(system: &TestSystem<impl TestNats>, query: &str) -> i64 {
     sqlx::query_scalar(query).fetch_one(&system.db.pool).await.unwrap()

@@ -228,11 +228,25 @@ impl Orders {
             );
             return Ok(PlaceOrderReply { error: Some(error), order: Some(order) });
         }
-        if self.commit(order_id).await
-            && let Err(error) = self.store.mark_committed(order_id).await
-        {
-            tracing::warn!(order.id = %order_id, error = %error, "failed to record a stock commit; the resolver repeats it");
-        }
+        // The reply does not wait for the stock commit: the order is
+        // confirmed, and its units are held as reserved, where no other
+        // order can take them; the commit only moves them to sold. It runs
+        // after the reply, in this trace, and a crash before it is recorded
+        // is what the resolver repeats anyway (a confirmed order whose
+        // commit is not recorded after 5 s). That takes one request and
+        // five statements off every checkout's answer.
+        let orders = self.clone();
+        let span = tracing::info_span!("commit stock after the reply", otel.kind = "internal", order.id = %order_id);
+        tokio::spawn(
+            async move {
+                if orders.commit(order_id).await
+                    && let Err(error) = orders.store.mark_committed(order_id).await
+                {
+                    tracing::warn!(order.id = %order_id, error = %error, "failed to record a stock commit; the resolver repeats it");
+                }
+            }
+            .instrument(span),
+        );
         Ok(PlaceOrderReply { error: None, order: Some(order) })
     }
 
