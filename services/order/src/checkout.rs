@@ -237,16 +237,7 @@ impl Orders {
         // five statements off every checkout's answer.
         let orders = self.clone();
         let span = tracing::info_span!("commit stock after the reply", otel.kind = "internal", order.id = %order_id);
-        tokio::spawn(
-            async move {
-                if orders.commit(order_id).await
-                    && let Err(error) = orders.store.mark_committed(order_id).await
-                {
-                    tracing::warn!(order.id = %order_id, error = %error, "failed to record a stock commit; the resolver repeats it");
-                }
-            }
-            .instrument(span),
-        );
+        tokio::spawn(async move { orders.commit_and_record(order_id).await }.instrument(span));
         Ok(PlaceOrderReply { error: None, order: Some(order) })
     }
 
@@ -347,6 +338,16 @@ impl Orders {
         // The failure is on the CLIENT span of the call; this span says
         // what the breaker made of it.
         result.map_err(|error| payment_failure(&error))
+    }
+
+    /// Commits the reservation and records that it did; what fails is
+    /// logged, and the resolver repeats it.
+    pub(crate) async fn commit_and_record(&self, order_id: Uuid) {
+        if self.commit(order_id).await
+            && let Err(error) = self.store.mark_committed(order_id).await
+        {
+            tracing::warn!(order.id = %order_id, error = %error, "failed to record a stock commit; the resolver repeats it");
+        }
     }
 
     /// Commits the reservation; false when inventory did not confirm.

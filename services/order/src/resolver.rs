@@ -57,15 +57,7 @@ async fn round(orders: &Orders, pending_timeout: Duration) -> Result<(), sqlx::E
     for (order_id, context) in orders.store().uncommitted(Duration::from_secs(5)).await? {
         let span = tracing::info_span!("repeat stock commit", otel.kind = "internal", order.id = %order_id);
         let _ = span.set_parent(context.context());
-        async {
-            if orders.commit(order_id).await
-                && let Err(error) = orders.store().mark_committed(order_id).await
-            {
-                tracing::warn!(order.id = %order_id, error = %error, "failed to record a stock commit");
-            }
-        }
-        .instrument(span)
-        .await;
+        orders.commit_and_record(order_id).instrument(span).await;
     }
     for due in orders.store().releases_due().await? {
         repair_release(orders, due).await;
